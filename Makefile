@@ -1,0 +1,74 @@
+# One command each: `make run` starts the server (embedded SQLite, no services needed);
+# `make test` runs every test. Both create what they need on first use.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+BUF := node_modules/.bin/buf
+GEN_DIR := clients/python
+GEN_PKG := $(GEN_DIR)/tmcp/storage/v1
+PROTO_DEPS := build/proto-deps
+PROTOS := $(wildcard protos/tmcp/storage/v1/*.proto)
+
+.PHONY: help install run test test-unit lint proto proto-check proto-deps bench clean
+
+help:
+	@echo "make run          start the server (SQLite under ./data unless STORAGE_DATABASE_URL)"
+	@echo "make test         run all tests (needs PostgreSQL and Redis on 127.0.0.1)"
+	@echo "make lint         ruff, mypy --strict, import-linter, buf lint, proto-check"
+	@echo "make proto        regenerate Python code from protos/"
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[server,dev]'
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm install --no-audit --no-fund --silent  # npm ci rejects this registry's lock (other platforms' optional packages)
+	touch $@
+
+install: $(VENV)/.installed node_modules/.installed
+
+run: $(VENV)/.installed
+	$(PY) -m tmcp_storage_server serve
+
+# The googleapis proto we import, taken from the pinned googleapis-common-protos wheel.
+proto-deps: $(VENV)/.installed
+	@mkdir -p $(PROTO_DEPS)/google/rpc
+	@cp "$$($(PY) -c 'import google.rpc.status_pb2 as m, os; print(os.path.dirname(m.__file__))')/status.proto" $(PROTO_DEPS)/google/rpc/status.proto
+
+# Generated code is written only here, from pinned grpcio-tools and mypy-protobuf.
+define generate
+	rm -rf $(1)/tmcp/storage/v1 && mkdir -p $(1)/tmcp/storage/v1
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -I protos -I $(PROTO_DEPS) \
+	  --python_out=$(1) --mypy_out=$(1) --grpc_python_out=$(1) --mypy_grpc_out=$(1) $(PROTOS)
+	touch $(1)/tmcp/__init__.py $(1)/tmcp/storage/__init__.py $(1)/tmcp/storage/v1/__init__.py \
+	  $(1)/tmcp/py.typed
+endef
+
+proto: proto-deps
+	$(call generate,$(GEN_DIR))
+
+proto-check: proto-deps
+	@rm -rf build/proto-check && mkdir -p build/proto-check
+	@$(call generate,build/proto-check) >/dev/null 2>&1
+	@diff -r -x __pycache__ build/proto-check/tmcp/storage/v1 $(GEN_PKG) \
+	  || { echo "generated code differs from protos/: run 'make proto' and commit"; exit 1; }
+	@echo "proto-check: generated code matches protos/"
+
+lint: install proto-check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy server clients/python tests
+	$(VENV)/bin/lint-imports
+	$(BUF) lint
+
+test: $(VENV)/.installed node_modules/.installed
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: $(VENV)/.installed
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+clean:
+	rm -rf build .mypy_cache .pytest_cache .ruff_cache
