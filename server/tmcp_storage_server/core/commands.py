@@ -1,0 +1,71 @@
+"""What callers ask the core to do, already decoded from the wire."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from tmcp_storage_server.model import Entry, QuotaUsage
+
+
+@dataclass(frozen=True, slots=True)
+class PutCommand:
+    """Create or replace one key (DESIGN.md: Put replaces the entry)."""
+
+    key: str
+    value: bytes
+    content_type: str = ""
+    is_json: bool = False
+    """The value came through ``Value.json`` (already serialized into ``value``)."""
+    expected_version: int | None = None
+    ttl: timedelta | None = None
+    expires_at: datetime | None = None
+    keep_ttl: bool = False
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteCommand:
+    """Delete one key, optionally only at a version."""
+
+    key: str
+    expected_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TouchCommand:
+    """Change only a key's expiry."""
+
+    key: str
+    ttl: timedelta | None = None
+    expires_at: datetime | None = None
+    clear_ttl: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """The outcome of a single-key write."""
+
+    revision: int
+    usage: QuotaUsage
+    entry: Entry | None = None
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeletePrefixResult:
+    """How many keys a DeletePrefix removed."""
+
+    revision: int
+    usage: QuotaUsage
+    deleted_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    """One page of List."""
+
+    revision: int
+    entries: list[Entry]
+    next_page_token: str

@@ -1,0 +1,34 @@
+"""Background sweep: expired entries become tombstones with an EXPIRE change.
+
+Reads already hide expired entries and every write sweeps its own space first; this
+sweep makes expiry a change that sync clients receive even in spaces nobody writes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tmcp_storage_server.core.ports import Clock, Repository
+from tmcp_storage_server.core.writes import Writer
+
+log = logging.getLogger(__name__)
+
+
+class Sweeper:
+    """Sweeps spaces that hold expired entries."""
+
+    def __init__(
+        self, *, repository: Repository, writer: Writer, clock: Clock, batch: int = 100
+    ) -> None:
+        self._repository = repository
+        self._writer = writer
+        self._clock = clock
+        self._batch = batch
+
+    async def sweep_once(self) -> int:
+        """Sweep up to one batch of spaces; returns how many spaces were swept."""
+        spaces = await self._repository.spaces_with_expired(self._clock.now(), self._batch)
+        for space in spaces:
+            async with self._writer.session(space, self._clock.now()):
+                pass  # opening a session sweeps the space
+        return len(spaces)

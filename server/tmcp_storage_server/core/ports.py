@@ -1,0 +1,127 @@
+"""What the core needs from the outside world, as Protocols.
+
+A ``Repository`` stores spaces; every write goes through a ``SpaceTransaction``, which
+holds the space's row locked from the first statement to commit, so revision, usage and
+quota decisions are serialized per space and never made on stale data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from typing import Protocol
+
+from tmcp_storage_server.model import (
+    AppUsage,
+    Change,
+    Entry,
+    LimitOverrides,
+    Space,
+    SpaceState,
+    UsageDetail,
+)
+
+
+class Clock(Protocol):
+    """Wall time, injectable so that tests can move it."""
+
+    def now(self) -> datetime:
+        """The current time, timezone-aware UTC."""
+        ...
+
+
+class SpaceTransaction(Protocol):
+    """One write transaction on one space, its row locked until commit or rollback."""
+
+    @property
+    def state(self) -> SpaceState:
+        """The space's row as locked at the start of the transaction."""
+        ...
+
+    async def load(self, keys: Sequence[str]) -> dict[str, Entry]:
+        """Stored entries (live, expired or tombstones, with values) of these keys."""
+        ...
+
+    async def load_prefix(self, prefix: str, now: datetime) -> list[Entry]:
+        """Live entries under ``prefix``, without values, in key order."""
+        ...
+
+    async def due_expired(self, now: datetime) -> list[Entry]:
+        """Live (not deleted) entries whose expiry is at or before ``now``, no values."""
+        ...
+
+    async def save(
+        self,
+        *,
+        revision: int,
+        entries: Sequence[Entry],
+        changes: Sequence[Change],
+        used_bytes: int,
+        used_keys: int,
+    ) -> None:
+        """Upsert ``entries`` (tombstones included), append ``changes``, and set the
+        space's revision and usage counters. May be called more than once."""
+        ...
+
+
+class Repository(Protocol):
+    """Durable storage of spaces. Raises ``errors.Unavailable`` when unreachable."""
+
+    async def open(self) -> None:
+        """Connect and apply migrations (idempotent; safe from concurrent processes)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise ``Unavailable`` unless the database answers."""
+        ...
+
+    async def get(self, space: Space, key: str, now: datetime) -> tuple[Entry | None, int]:
+        """The live entry of ``key`` (with value) or None, and the space revision."""
+        ...
+
+    async def list_entries(
+        self,
+        space: Space,
+        *,
+        prefix: str,
+        start_after: str | None,
+        limit: int,
+        include_values: bool,
+        max_create_revision: int | None,
+        now: datetime,
+    ) -> tuple[list[Entry], int]:
+        """Live entries under ``prefix`` after ``start_after`` in key order, at most
+        ``limit``, created at or before ``max_create_revision``; and the revision."""
+        ...
+
+    def transaction(self, space: Space) -> AbstractAsyncContextManager[SpaceTransaction]:
+        """Begin a write transaction on ``space`` (created on first use). Commits on
+        normal exit, rolls back on an exception."""
+        ...
+
+    async def space_state(self, space: Space) -> SpaceState:
+        """The space's row, without locking; a zero state when the space is new."""
+        ...
+
+    async def usage_detail(self, space: Space, now: datetime, top_keys: int) -> UsageDetail:
+        """Usage by content type, expiring entries and largest keys."""
+        ...
+
+    async def app_usage(self, app_id: str, top_spaces: int) -> AppUsage:
+        """Totals over every space of an app and its largest spaces."""
+        ...
+
+    async def set_overrides(
+        self, app_id: str, user_id: str | None, overrides: LimitOverrides, reset: bool
+    ) -> LimitOverrides:
+        """Merge limit overrides into an app (``user_id`` None) or one space; return them."""
+        ...
+
+    async def spaces_with_expired(self, now: datetime, limit: int) -> list[Space]:
+        """Spaces that hold live entries due to expire."""
+        ...

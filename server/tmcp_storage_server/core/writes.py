@@ -1,0 +1,244 @@
+"""The write path shared by every mutating call: one locked transaction per space.
+
+A ``WriteSession`` opens the space's transaction, first turns entries whose expiry has
+passed into tombstones (one revision, EXPIRE changes) so that they never count against
+the write, then lets the caller load and stage entries, and at commit checks quota
+against the net change and saves everything under one new revision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from tmcp_storage_server.core import validate
+from tmcp_storage_server.core.commands import PutCommand
+from tmcp_storage_server.core.ports import Repository, SpaceTransaction
+from tmcp_storage_server.errors import AlreadyExists, QuotaExceeded, VersionMismatch
+from tmcp_storage_server.model import (
+    Change,
+    ChangeOp,
+    Entry,
+    QuotaLimits,
+    QuotaUsage,
+    Space,
+    SpaceState,
+)
+
+
+def checksum(data: bytes) -> str:
+    """``sha256:<hex>`` of a value."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def effective_limits(defaults: QuotaLimits, state: SpaceState) -> QuotaLimits:
+    """Server defaults, then the app's overrides, then the space's."""
+    limits = defaults.overridden(state.app_overrides).overridden(state.space_overrides)
+    # A per-value limit above the hard maximum would not fit the wire limits.
+    return replace(limits, max_value_bytes=min(limits.max_value_bytes, validate.MAX_VALUE_BYTES))
+
+
+def usage_of(state: SpaceState, limits: QuotaLimits) -> QuotaUsage:
+    """The quota usage of a space row under ``limits``."""
+    return QuotaUsage(
+        used_bytes=state.used_bytes,
+        limit_bytes=limits.limit_bytes,
+        used_keys=state.used_keys,
+        limit_keys=limits.limit_keys,
+        max_value_bytes=limits.max_value_bytes,
+    )
+
+
+def check_version(key: str, current: Entry | None, expected: int | None, now: datetime) -> None:
+    """Compare-and-set: unset passes; 0 means absent; N must equal the stored version
+    (a tombstone keeps its version, so a stale N never matches a re-created key)."""
+    if expected is None:
+        return
+    live = current is not None and current.live_at(now)
+    if expected == 0:
+        if live:
+            assert current is not None
+            raise AlreadyExists(key, current.version)
+        return
+    stored = current.version if current is not None else 0
+    if stored != expected:
+        raise VersionMismatch(key, expected, stored)
+
+
+def build_put(cmd: PutCommand, current: Entry | None, *, now: datetime, revision: int) -> Entry:
+    """The entry a Put stores over ``current`` (which may be a tombstone or expired)."""
+    live = current if current is not None and current.live_at(now) else None
+    if cmd.keep_ttl:
+        expires_at = live.expires_at if live is not None else None
+    else:
+        expires_at = validate.expiry(now, ttl=cmd.ttl, expires_at=cmd.expires_at)
+    return Entry(
+        key=cmd.key,
+        value=cmd.value,
+        content_type=cmd.content_type,
+        version=(current.version if current is not None else 0) + 1,
+        create_revision=live.create_revision if live is not None else revision,
+        mod_revision=revision,
+        created_at=live.created_at if live is not None else now,
+        updated_at=now,
+        expires_at=expires_at,
+        size=len(cmd.value),
+        checksum=checksum(cmd.value),
+        metadata=dict(cmd.metadata),
+    )
+
+
+def build_tombstone(current: Entry, *, now: datetime, revision: int, bump: bool) -> Entry:
+    """The remembered deletion of ``current``: a Delete bumps the version, expiry not."""
+    return replace(
+        current,
+        value=None,
+        version=current.version + 1 if bump else current.version,
+        mod_revision=revision,
+        updated_at=now,
+        expires_at=None,
+        size=0,
+        checksum="",
+        metadata={},
+        deleted=True,
+    )
+
+
+@dataclass(slots=True)
+class _Staged:
+    entry: Entry
+    previous: Entry | None
+    change: Change
+
+
+class WriteSession:
+    """Stage writes on one locked space, then commit them under one revision."""
+
+    def __init__(self, tx: SpaceTransaction, *, now: datetime, limits: QuotaLimits) -> None:
+        self._tx = tx
+        self.now = now
+        self.limits = limits
+        self.revision = tx.state.revision
+        self._used_bytes = tx.state.used_bytes
+        self._used_keys = tx.state.used_keys
+        self._staged: dict[str, _Staged] = {}
+
+    @property
+    def next_revision(self) -> int:
+        """The revision the staged writes will commit under."""
+        return self.revision + 1
+
+    @property
+    def usage(self) -> QuotaUsage:
+        """Usage as committed so far (after ``commit``: including the writes)."""
+        return QuotaUsage(
+            self._used_bytes,
+            self.limits.limit_bytes,
+            self._used_keys,
+            self.limits.limit_keys,
+            self.limits.max_value_bytes,
+        )
+
+    async def sweep_expired(self) -> int:
+        """Turn due entries into tombstones under a revision of their own."""
+        due = await self._tx.due_expired(self.now)
+        if not due:
+            return 0
+        revision = self.revision + 1
+        tombstones = [build_tombstone(e, now=self.now, revision=revision, bump=False) for e in due]
+        changes = [Change(revision, e.key, ChangeOp.EXPIRE, e.version) for e in due]
+        self._used_bytes -= sum(e.size for e in due)
+        self._used_keys -= len(due)
+        await self._tx.save(
+            revision=revision,
+            entries=tombstones,
+            changes=changes,
+            used_bytes=self._used_bytes,
+            used_keys=self._used_keys,
+        )
+        self.revision = revision
+        return len(due)
+
+    async def load(self, keys: Sequence[str]) -> dict[str, Entry]:
+        """Stored entries of ``keys``, seeing what this session staged."""
+        missing = [k for k in keys if k not in self._staged]
+        found = await self._tx.load(missing) if missing else {}
+        for k in keys:
+            if k in self._staged:
+                found[k] = self._staged[k].entry
+        return found
+
+    async def load_prefix(self, prefix: str) -> list[Entry]:
+        """Live entries under ``prefix`` (values not loaded)."""
+        return await self._tx.load_prefix(prefix, self.now)
+
+    def stage(
+        self,
+        entry: Entry,
+        previous: Entry | None,
+        op: ChangeOp,
+        *,
+        client_id: str = "",
+        mutation_id: int = 0,
+    ) -> None:
+        """Stage ``entry`` to replace ``previous`` (as loaded) under the next revision."""
+        first = self._staged.get(entry.key)
+        before = first.previous if first is not None else previous
+        change = Change(self.next_revision, entry.key, op, entry.version, client_id, mutation_id)
+        self._staged[entry.key] = _Staged(entry, before, change)
+
+    def _net_change(self) -> tuple[int, int]:
+        bytes_delta = keys_delta = 0
+        for staged in self._staged.values():
+            old, new = staged.previous, staged.entry
+            old_live = old is not None and old.live_at(self.now)
+            if old_live:
+                assert old is not None
+                bytes_delta -= old.size
+                keys_delta -= 1
+            if not new.deleted:
+                bytes_delta += new.size
+                keys_delta += 1
+        return bytes_delta, keys_delta
+
+    async def commit(self) -> None:
+        """Check quota against the net change and save the staged writes."""
+        if not self._staged:
+            return
+        bytes_delta, keys_delta = self._net_change()
+        used_bytes, used_keys = self._used_bytes + bytes_delta, self._used_keys + keys_delta
+        # A write that shrinks usage is allowed even above a limit that was lowered.
+        if bytes_delta > 0 and used_bytes > self.limits.limit_bytes:
+            raise QuotaExceeded(kind="bytes", usage=self.usage, requested=bytes_delta)
+        if keys_delta > 0 and used_keys > self.limits.limit_keys:
+            raise QuotaExceeded(kind="keys", usage=self.usage, requested=keys_delta)
+        revision = self.next_revision
+        await self._tx.save(
+            revision=revision,
+            entries=[s.entry for s in self._staged.values()],
+            changes=[s.change for s in self._staged.values()],
+            used_bytes=used_bytes,
+            used_keys=used_keys,
+        )
+        self.revision, self._used_bytes, self._used_keys = revision, used_bytes, used_keys
+        self._staged.clear()
+
+
+class Writer:
+    """Opens write sessions on a repository."""
+
+    def __init__(self, *, repository: Repository, defaults: QuotaLimits) -> None:
+        self._repository = repository
+        self._defaults = defaults
+
+    @asynccontextmanager
+    async def session(self, space: Space, now: datetime) -> AsyncIterator[WriteSession]:
+        """A session whose staged writes commit when the block exits normally."""
+        async with self._repository.transaction(space) as tx:
+            session = WriteSession(tx, now=now, limits=effective_limits(self._defaults, tx.state))
+            await session.sweep_expired()
+            yield session
+            await session.commit()

@@ -1,0 +1,213 @@
+"""Plain data shared by every layer: spaces, entries, changes, quotas, principals."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+JSON_CONTENT_TYPE = "application/json"
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class Space:
+    """One user's store in one mini-app; ``user_id == ""`` is the app's shared space."""
+
+    app_id: str
+    user_id: str
+
+    @property
+    def shared(self) -> bool:
+        """Whether this is the app's shared space."""
+        return self.user_id == ""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """The stored state of one key: live, or a remembered deletion (``deleted``)."""
+
+    key: str
+    value: bytes | None
+    """The value bytes; ``None`` when the read did not load values, or for a tombstone."""
+    content_type: str
+    version: int
+    create_revision: int
+    mod_revision: int
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None
+    size: int
+    """Value bytes, uncompressed: what quota counts."""
+    checksum: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    deleted: bool = False
+    """A tombstone: the key was deleted or expired; ``version`` is remembered."""
+
+    def live_at(self, now: datetime) -> bool:
+        """Whether the entry exists and has not expired at ``now``."""
+        return not self.deleted and (self.expires_at is None or self.expires_at > now)
+
+    @property
+    def is_json(self) -> bool:
+        """Whether the value is JSON (read back through ``Value.json``)."""
+        return is_json_content_type(self.content_type)
+
+
+def is_json_content_type(content_type: str) -> bool:
+    """``application/json``, ignoring case and parameters such as ``charset``."""
+    return content_type.split(";", 1)[0].strip().lower() == JSON_CONTENT_TYPE
+
+
+class ChangeOp(enum.IntEnum):
+    """What happened to a key at a revision (values match the proto enum)."""
+
+    PUT = 1
+    DELETE = 2
+    EXPIRE = 3
+    TOUCH = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One row of a space's change log."""
+
+    revision: int
+    key: str
+    op: ChangeOp
+    version: int
+    client_id: str = ""
+    mutation_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LimitOverrides:
+    """Limit overrides of an app or a space; ``None`` inherits."""
+
+    limit_bytes: int | None = None
+    limit_keys: int | None = None
+    max_value_bytes: int | None = None
+
+    def merged(self, other: LimitOverrides) -> LimitOverrides:
+        """These overrides with every field that ``other`` sets replaced."""
+        return LimitOverrides(
+            limit_bytes=other.limit_bytes if other.limit_bytes is not None else self.limit_bytes,
+            limit_keys=other.limit_keys if other.limit_keys is not None else self.limit_keys,
+            max_value_bytes=(
+                other.max_value_bytes if other.max_value_bytes is not None else self.max_value_bytes
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaLimits:
+    """Effective limits of a space."""
+
+    limit_bytes: int
+    limit_keys: int
+    max_value_bytes: int
+
+    def overridden(self, overrides: LimitOverrides) -> QuotaLimits:
+        """These limits with the set fields of ``overrides`` applied."""
+
+        def pick(override: int | None, inherited: int) -> int:
+            return inherited if override is None else override
+
+        return QuotaLimits(
+            limit_bytes=pick(overrides.limit_bytes, self.limit_bytes),
+            limit_keys=pick(overrides.limit_keys, self.limit_keys),
+            max_value_bytes=pick(overrides.max_value_bytes, self.max_value_bytes),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaUsage:
+    """A space's usage and effective limits."""
+
+    used_bytes: int
+    limit_bytes: int
+    used_keys: int
+    limit_keys: int
+    max_value_bytes: int
+
+    @property
+    def available_bytes(self) -> int:
+        """Bytes still free (never negative)."""
+        return max(0, self.limit_bytes - self.used_bytes)
+
+    @property
+    def available_keys(self) -> int:
+        """Keys still free (never negative)."""
+        return max(0, self.limit_keys - self.used_keys)
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceState:
+    """The row of a space: its revision, usage counters and limit overrides."""
+
+    revision: int = 0
+    used_bytes: int = 0
+    used_keys: int = 0
+    space_overrides: LimitOverrides = LimitOverrides()
+    app_overrides: LimitOverrides = LimitOverrides()
+
+
+@dataclass(frozen=True, slots=True)
+class ContentTypeUsage:
+    """Bytes and keys of one content type in a space."""
+
+    content_type: str
+    bytes: int
+    keys: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsageDetail:
+    """What ``GetUsage`` reports beyond the counters."""
+
+    by_content_type: tuple[ContentTypeUsage, ...]
+    expiring_keys: int
+    expiring_bytes: int
+    open_conflicts: int
+    largest_keys: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceTotals:
+    """One space's counters, as listed in an app's usage."""
+
+    space: Space
+    used_bytes: int
+    used_keys: int
+    overrides: LimitOverrides
+
+
+@dataclass(frozen=True, slots=True)
+class AppUsage:
+    """Totals over every space of an app."""
+
+    app_id: str
+    spaces: int
+    used_bytes: int
+    used_keys: int
+    overrides: LimitOverrides
+    largest_spaces: tuple[SpaceTotals, ...]
+
+
+class Scope(enum.StrEnum):
+    """Token scopes."""
+
+    READ = "storage:read"
+    WRITE = "storage:write"
+    ADMIN = "storage:admin"
+    OPERATOR = "storage:operator"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who calls: the verified claims of a bearer token."""
+
+    subject: str
+    app_id: str
+    scopes: frozenset[Scope]
