@@ -1,0 +1,1 @@
+"""Repositories (PostgreSQL, SQLite) behind ``core.ports.Repository``."""

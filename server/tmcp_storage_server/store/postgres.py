@@ -1,0 +1,415 @@
+"""The production repository: PostgreSQL through psycopg 3 and an async connection pool.
+
+Round trips are the cost that matters, so statements that need no answer in between
+travel together (libpq pipeline mode) and each read is one statement:
+
+- ``get``, ``list_entries``, ``space_state``: one statement (the space revision is read
+  in the same statement, hence the same snapshot, as the entries).
+- ``usage_detail``, ``app_usage``: their statements pipelined in one read-only
+  repeatable-read transaction: one round trip, one snapshot.
+- a write transaction: sql.BEGIN + create-if-missing + lock the space row + next expiry in one
+  round trip; each ``load`` one; ``save`` is held back and sent with the next statement
+  or with sql.COMMIT. A Put or Delete is three round trips (four when it sweeps expired
+  entries).
+- a pooled connection idle for more than two seconds is checked first: one more.
+
+Connections run in autocommit; write transactions issue their own sql.BEGIN so that it can
+share the first round trip. Driver errors that mean "database unreachable" become
+``errors.Unavailable``; anything else is a bug and propagates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
+from datetime import UTC, datetime
+from time import monotonic
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
+
+from tmcp_storage_server.model import (
+    AppUsage,
+    Change,
+    ContentTypeUsage,
+    Entry,
+    LimitOverrides,
+    Space,
+    SpaceState,
+    SpaceTotals,
+    UsageDetail,
+)
+from tmcp_storage_server.store import codec
+from tmcp_storage_server.store import postgres_sql as sql
+from tmcp_storage_server.store.errors import translate
+from tmcp_storage_server.store.migrations import scripts, statements
+
+_Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+_Row = tuple[Any, ...]
+
+_TRANSIENT = (psycopg.OperationalError, psycopg_pool.PoolTimeout)
+_OPEN_TIMEOUT = 5.0
+"""Seconds ``open()`` waits for the first connection before reporting Unavailable."""
+_CONNECT_TIMEOUT = 5
+"""Seconds to establish one connection, unless the URL says otherwise."""
+_ACQUIRE_TIMEOUT = 10.0
+"""Seconds a call waits for a free pooled connection."""
+_PING_TIMEOUT = 2.0
+_CHECK_AFTER_IDLE = 2.0
+"""A pooled connection idle longer than this is checked (one empty query) before use."""
+_NO_REVISION_LIMIT = 2**63 - 1
+_IN_TRANSACTION = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+_APPLICATION_NAME = "tmcp-storage"
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    return None if moment is None else moment.astimezone(UTC)
+
+
+def _entry(row: Sequence[Any]) -> Entry:
+    return codec.entry_from_row(row, lambda moment: moment.astimezone(UTC))
+
+
+def _overrides(values: Sequence[int | None]) -> LimitOverrides:
+    return LimitOverrides(values[0], values[1], values[2])
+
+
+def _state(row: Sequence[Any]) -> SpaceState:
+    return SpaceState(row[0], row[1], row[2], _overrides(row[3:6]), _overrides(row[6:9]))
+
+
+def _space_params(space: Space, **more: Any) -> dict[str, Any]:
+    return {"user_id": space.user_id, "app_id": space.app_id, **more}
+
+
+def _save_params(
+    space: Space, revision: int, entries: Sequence[Entry], changes: Sequence[Change]
+) -> dict[str, Any]:
+    # One row per key, the last staged winning, as repeated upserts would leave it.
+    rows = list({e.key: e for e in entries}.values())
+    packed = [(None, codec.RAW) if e.value is None else codec.pack_value(e.value) for e in rows]
+    return _space_params(
+        space,
+        revision=revision,
+        now=datetime.now(UTC),
+        keys=[e.key for e in rows],
+        values=[p[0] for p in packed],
+        codecs=[p[1] for p in packed],
+        content_types=[e.content_type for e in rows],
+        versions=[e.version for e in rows],
+        create_revisions=[e.create_revision for e in rows],
+        mod_revisions=[e.mod_revision for e in rows],
+        created=[e.created_at for e in rows],
+        updated=[e.updated_at for e in rows],
+        expires=[e.expires_at for e in rows],
+        sizes=[e.size for e in rows],
+        checksums=[e.checksum for e in rows],
+        metadata=[codec.pack_metadata(e.metadata) for e in rows],
+        deleted=[e.deleted for e in rows],
+        change_revisions=[c.revision for c in changes],
+        change_keys=[c.key for c in changes],
+        ops=[int(c.op) for c in changes],
+        change_versions=[c.version for c in changes],
+        client_ids=[c.client_id for c in changes],
+        mutation_ids=[c.mutation_id for c in changes],
+    )
+
+
+class _Transaction:
+    """``SpaceTransaction`` on a connection inside sql.BEGIN, the space row locked."""
+
+    def __init__(
+        self, conn: _Conn, space: Space, state: SpaceState, next_expiry: datetime | None
+    ) -> None:
+        self._conn = conn
+        self._space = space
+        self.state = state
+        # Only the holder of the space lock changes its entries, so the earliest expiry
+        # read after locking stays a lower bound: no due entries before it, no query.
+        self._next_expiry = next_expiry
+        self._unsent: list[dict[str, Any]] = []
+
+    async def _rows(self, query: str, params: Mapping[str, Any]) -> list[_Row]:
+        if not self._unsent:
+            return await (await self._conn.execute(query, params, binary=True)).fetchall()
+        async with self._conn.pipeline():
+            await self._send_saves()
+            cursor = await self._conn.execute(query, params, binary=True)
+        return await cursor.fetchall()
+
+    async def _send_saves(self) -> None:
+        for params in self._unsent:
+            await self._conn.execute(sql.SAVE, params)
+        self._unsent.clear()
+
+    async def load(self, keys: Sequence[str]) -> dict[str, Entry]:
+        rows = await self._rows(sql.LOAD, _space_params(self._space, keys=list(keys)))
+        return {entry.key: entry for entry in map(_entry, rows)}
+
+    async def load_prefix(self, prefix: str, now: datetime) -> list[Entry]:
+        high = codec.prefix_upper_bound(prefix) if prefix else None
+        query = sql.LOAD_PREFIX if high is not None else sql.LOAD_FROM
+        params = _space_params(self._space, now=now, low=prefix, high=high)
+        return [_entry(r) for r in await self._rows(query, params)]
+
+    async def due_expired(self, now: datetime) -> list[Entry]:
+        if self._next_expiry is None or self._next_expiry > now:
+            return []
+        rows = await self._rows(sql.DUE, _space_params(self._space, now=now))
+        return [_entry(r) for r in rows]
+
+    async def save(
+        self,
+        *,
+        revision: int,
+        entries: Sequence[Entry],
+        changes: Sequence[Change],
+        used_bytes: int,
+        used_keys: int,
+    ) -> None:
+        params = _save_params(self._space, revision, entries, changes)
+        self._unsent.append({**params, "used_bytes": used_bytes, "used_keys": used_keys})
+        expiries = [e.expires_at for e in entries if not e.deleted and e.expires_at is not None]
+        if self._next_expiry is not None:
+            expiries.append(self._next_expiry)
+        self._next_expiry = min(expiries, default=None)
+
+    async def commit(self) -> None:
+        """Send held-back saves and sql.COMMIT in one round trip."""
+        async with self._conn.pipeline():
+            await self._send_saves()
+            await self._conn.execute(sql.COMMIT)
+
+
+class PostgresRepository:
+    """``core.ports.Repository`` on PostgreSQL."""
+
+    def __init__(self, *, url: str, min_size: int = 1, max_size: int = 10) -> None:
+        self._url = url
+        self._min_size = min_size
+        self._max_size = max_size
+        self._idle_since: weakref.WeakKeyDictionary[_Conn, float] = weakref.WeakKeyDictionary()
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> psycopg_pool.AsyncConnectionPool:
+        given = conninfo_to_dict(self._url)
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if "connect_timeout" not in given:
+            kwargs["connect_timeout"] = _CONNECT_TIMEOUT
+        if "application_name" not in given:
+            kwargs["application_name"] = _APPLICATION_NAME  # shown in pg_stat_activity
+        return psycopg_pool.AsyncConnectionPool(
+            self._url,
+            kwargs=kwargs,
+            min_size=self._min_size,
+            max_size=self._max_size,
+            open=False,
+            check=self._check,
+            timeout=_ACQUIRE_TIMEOUT,
+            name="tmcp-storage",
+        )
+
+    async def _check(self, conn: _Conn) -> None:
+        # A connection used moments ago is known good: checking it on every checkout
+        # would double the round trips of a Get. One idle for a while may have been
+        # cut (server restart, idle timeouts on the way) and is checked first.
+        idle_since = self._idle_since.get(conn)
+        if idle_since is None or monotonic() - idle_since > _CHECK_AFTER_IDLE:
+            await psycopg_pool.AsyncConnectionPool.check_connection(conn)
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[_Conn]:
+        async with self._pool.connection() as conn:
+            try:
+                yield conn
+            finally:
+                if conn.info.transaction_status == TransactionStatus.IDLE:
+                    self._idle_since[conn] = monotonic()  # else: checked before reuse
+
+    async def open(self) -> None:
+        """Connect (failing within a few seconds if the database is unreachable) and
+        apply migrations."""
+        with translate(*_TRANSIENT):
+            try:
+                await self._pool.open(wait=True, timeout=_OPEN_TIMEOUT)
+                await self._migrate()
+            except BaseException:
+                await self._pool.close()
+                self._pool = self._new_pool()  # a closed pool cannot be reopened
+                raise
+
+    async def _migrate(self) -> None:
+        async with self._connection() as conn, conn.transaction():
+            # Processes starting together wait here, then find the work done.
+            await conn.execute(sql.MIGRATION_LOCK)
+            await conn.execute(sql.MIGRATIONS_TABLE)
+            applied = {row[0] for row in await (await conn.execute(sql.APPLIED)).fetchall()}
+            for version, name, script in scripts("postgres"):
+                if version not in applied:
+                    for statement in statements(script):
+                        await conn.execute(statement)
+                    await conn.execute(sql.RECORD_MIGRATION, {"version": version, "name": name})
+
+    async def close(self) -> None:
+        """Close the pool's connections (``open()`` may be called again)."""
+        await self._pool.close()
+        self._pool = self._new_pool()
+
+    async def ping(self) -> None:
+        """Raise ``Unavailable`` unless the database answers ``SELECT 1`` promptly."""
+        with translate(*_TRANSIENT, TimeoutError):
+            async with asyncio.timeout(_PING_TIMEOUT), self._connection() as conn:
+                await conn.execute(sql.PING)
+
+    async def _one(self, query: str, params: Mapping[str, Any]) -> _Row:
+        with translate(*_TRANSIENT):
+            async with self._connection() as conn:
+                row = await (await conn.execute(query, params, binary=True)).fetchone()
+        assert row is not None, "statement returns one row"
+        return row
+
+    async def _all(self, query: str, params: Mapping[str, Any]) -> list[_Row]:
+        with translate(*_TRANSIENT):
+            async with self._connection() as conn:
+                return await (await conn.execute(query, params, binary=True)).fetchall()
+
+    async def _snapshot(self, *queries: tuple[str, Mapping[str, Any]]) -> list[list[_Row]]:
+        """Several reads in one round trip and one snapshot (a pipelined read-only
+        repeatable-read transaction)."""
+        with translate(*_TRANSIENT):
+            async with self._connection() as conn:
+                async with conn.pipeline():
+                    await conn.execute(sql.BEGIN_SNAPSHOT)
+                    cursors = [await conn.execute(q, p, binary=True) for q, p in queries]
+                    await conn.execute(sql.COMMIT)
+                return [await cursor.fetchall() for cursor in cursors]
+
+    async def get(self, space: Space, key: str, now: datetime) -> tuple[Entry | None, int]:
+        """The live entry of ``key`` and the space revision, in one statement."""
+        row = await self._one(sql.GET, _space_params(space, key=key, now=now))
+        return (_entry(row[1:]) if row[1] is not None else None), row[0]
+
+    async def list_entries(
+        self,
+        space: Space,
+        *,
+        prefix: str,
+        start_after: str | None,
+        limit: int,
+        include_values: bool,
+        max_create_revision: int | None,
+        now: datetime,
+    ) -> tuple[list[Entry], int]:
+        """Live entries under a prefix, in key order, and the revision, in one statement."""
+        high = codec.prefix_upper_bound(prefix) if prefix else None
+        params = _space_params(
+            space,
+            now=now,
+            low=prefix,
+            high=high,
+            after=start_after or "",  # every key is longer than "": no bound
+            limit=limit,
+            max_rev=_NO_REVISION_LIMIT if max_create_revision is None else max_create_revision,
+        )
+        rows = await self._all(sql.LISTS[include_values, high is not None], params)
+        return [_entry(r[1:]) for r in rows if r[1] is not None], rows[0][0]
+
+    @asynccontextmanager
+    async def transaction(self, space: Space) -> AsyncIterator[_Transaction]:
+        """A write transaction holding the space row's lock."""
+        with translate(*_TRANSIENT):
+            async with self._connection() as conn:
+                tx = await self._begin(conn, space)
+                try:
+                    yield tx
+                    await tx.commit()
+                except BaseException:
+                    await _rollback(conn)
+                    raise
+
+    async def _begin(self, conn: _Conn, space: Space) -> _Transaction:
+        # sql.BEGIN, INSERT .. ON CONFLICT DO NOTHING, SELECT .. FOR UPDATE and the next
+        # expiry in one round trip. The SELECT is a statement of its own so that it takes
+        # a snapshot after the INSERT (which waits for a concurrent creator of the space)
+        # and after the lock is granted; FOR UPDATE marks the row without writing a new
+        # version of it, as ON CONFLICT DO UPDATE would on every write.
+        params = _space_params(space)
+        async with conn.pipeline():
+            await conn.execute(sql.BEGIN)
+            await conn.execute(sql.CREATE_SPACE, params)
+            locked = await conn.execute(sql.LOCK_SPACE, params)
+            expiry = await conn.execute(sql.NEXT_EXPIRY, params)
+        state, next_expiry = await locked.fetchone(), await expiry.fetchone()
+        assert state is not None, "the space row exists: inserted above"
+        assert next_expiry is not None, "an aggregate returns one row"
+        return _Transaction(conn, space, _state(state), _utc(next_expiry[0]))
+
+    async def space_state(self, space: Space) -> SpaceState:
+        """The space's row; a zero state (with the app's overrides) when it is new."""
+        return _state(await self._one(sql.STATE, _space_params(space)))
+
+    async def usage_detail(self, space: Space, now: datetime, top_keys: int) -> UsageDetail:
+        """Usage by content type, expiring entries and the largest keys."""
+        params = _space_params(space, now=now, top=top_keys)
+        by_type, expiring, largest = await self._snapshot(
+            (sql.USAGE_BY_TYPE, params), (sql.EXPIRING, params), (sql.LARGEST_KEYS, params)
+        )
+        return UsageDetail(
+            tuple(ContentTypeUsage(ct, size, count) for ct, size, count in by_type),
+            expiring[0][0],
+            expiring[0][1],
+            0,
+            tuple((key, size) for key, size in largest),
+        )
+
+    async def app_usage(self, app_id: str, top_spaces: int) -> AppUsage:
+        """Totals over the spaces of an app, its overrides and its largest spaces."""
+        params = {"app_id": app_id, "top": top_spaces}
+        totals, largest = await self._snapshot(
+            (sql.APP_TOTALS, params), (sql.LARGEST_SPACES, params)
+        )
+        spaces, used_bytes, used_keys, *overrides = totals[0]
+        return AppUsage(
+            app_id,
+            spaces,
+            used_bytes,
+            used_keys,
+            _overrides(overrides),
+            tuple(
+                SpaceTotals(Space(app_id, row[0]), row[1], row[2], _overrides(row[3:6]))
+                for row in largest
+            ),
+        )
+
+    async def set_overrides(
+        self, app_id: str, user_id: str | None, overrides: LimitOverrides, reset: bool
+    ) -> LimitOverrides:
+        """Merge overrides into an app's or a space's, atomically in one statement."""
+        params = {
+            "app_id": app_id,
+            "user_id": user_id,
+            "reset": reset,
+            "limit_bytes": overrides.limit_bytes,
+            "limit_keys": overrides.limit_keys,
+            "max_value_bytes": overrides.max_value_bytes,
+        }
+        query = sql.MERGE_APP_OVERRIDES if user_id is None else sql.MERGE_SPACE_OVERRIDES
+        return _overrides(await self._one(query, params))
+
+    async def spaces_with_expired(self, now: datetime, limit: int) -> list[Space]:
+        """Spaces holding live entries past their expiry."""
+        rows = await self._all(sql.SPACES_WITH_EXPIRED, {"now": now, "limit": limit})
+        return [Space(app_id, user_id) for user_id, app_id in rows]
+
+
+async def _rollback(conn: _Conn) -> None:
+    # The connection may be broken (that may be why we roll back); the pool then
+    # discards it, and the original error is the one to report.
+    with suppress(psycopg.Error):
+        if conn.info.transaction_status in _IN_TRANSACTION:
+            await conn.execute(sql.ROLLBACK)

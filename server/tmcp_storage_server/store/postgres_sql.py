@@ -1,0 +1,144 @@
+"""Named SQL of the PostgreSQL repository (psycopg placeholders, never built from input)."""
+
+from __future__ import annotations
+
+from tmcp_storage_server.store.codec import ENTRY_COLUMNS, ENTRY_COLUMNS_NO_VALUE
+
+SPACE = "user_id = %(user_id)s AND app_id = %(app_id)s"
+_LIVE = "NOT deleted AND (expires_at IS NULL OR expires_at > %(now)s)"
+
+BEGIN = "BEGIN"
+BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+COMMIT = "COMMIT"
+ROLLBACK = "ROLLBACK"
+PING = "SELECT 1"
+_WITH_REVISION = """SELECT r.revision, e.* FROM
+  (SELECT COALESCE(MAX(revision), 0) AS revision FROM spaces WHERE {space}) AS r
+  LEFT JOIN ({entries}) AS e ON true"""
+GET = _WITH_REVISION.format(
+    space=SPACE,
+    entries=f"SELECT {ENTRY_COLUMNS} FROM entries WHERE {SPACE} AND key = %(key)s AND {_LIVE}",
+)
+# Lower bounds "key >= low AND key > after" are both index conditions: the btree scan
+# starts at the tighter of the two. Without a prefix there is no upper bound, and a
+# separate statement keeps "key < high" an index condition in generic plans too.
+_LISTING = """SELECT {columns} FROM entries WHERE {space} AND {live} AND key >= %(low)s
+    AND key > %(after)s{below} AND create_revision <= %(max_rev)s ORDER BY key LIMIT %(limit)s"""
+_BELOW = " AND key < %(high)s"
+LIST_VALUES, LIST_KEYS, LIST_VALUES_TO_END, LIST_KEYS_TO_END = (
+    _WITH_REVISION.format(
+        space=SPACE,
+        entries=_LISTING.format(columns=columns, space=SPACE, live=_LIVE, below=below),
+    )
+    + " ORDER BY e.key"
+    for columns, below in (
+        (ENTRY_COLUMNS, _BELOW),
+        (ENTRY_COLUMNS_NO_VALUE, _BELOW),
+        (ENTRY_COLUMNS, ""),
+        (ENTRY_COLUMNS_NO_VALUE, ""),
+    )
+)
+LISTS = {
+    (True, True): LIST_VALUES,
+    (False, True): LIST_KEYS,
+    (True, False): LIST_VALUES_TO_END,
+    (False, False): LIST_KEYS_TO_END,
+}
+"""The listing statement by (include_values, has an upper bound)."""
+STATE = """SELECT COALESCE(s.revision, 0), COALESCE(s.used_bytes, 0), COALESCE(s.used_keys, 0),
+    s.limit_bytes, s.limit_keys, s.max_value_bytes, a.limit_bytes, a.limit_keys,
+    a.max_value_bytes
+  FROM (SELECT %(user_id)s::text AS user_id, %(app_id)s::text AS app_id) AS k
+  LEFT JOIN spaces s ON s.user_id = k.user_id AND s.app_id = k.app_id
+  LEFT JOIN app_quotas a ON a.app_id = k.app_id"""
+CREATE_SPACE = """INSERT INTO spaces (user_id, app_id) VALUES (%(user_id)s, %(app_id)s)
+  ON CONFLICT (user_id, app_id) DO NOTHING"""
+LOCK_SPACE = """SELECT s.revision, s.used_bytes, s.used_keys, s.limit_bytes, s.limit_keys,
+    s.max_value_bytes, a.limit_bytes, a.limit_keys, a.max_value_bytes
+  FROM spaces s LEFT JOIN app_quotas a ON a.app_id = s.app_id
+  WHERE s.user_id = %(user_id)s AND s.app_id = %(app_id)s FOR UPDATE OF s"""
+NEXT_EXPIRY = f"""SELECT MIN(expires_at) FROM entries
+  WHERE {SPACE} AND NOT deleted AND expires_at IS NOT NULL"""
+LOAD = f"SELECT {ENTRY_COLUMNS} FROM entries WHERE {SPACE} AND key = ANY(%(keys)s::text[])"
+LOAD_PREFIX = f"""SELECT {ENTRY_COLUMNS_NO_VALUE} FROM entries
+  WHERE {SPACE} AND {_LIVE} AND key >= %(low)s AND key < %(high)s ORDER BY key"""
+LOAD_FROM = f"""SELECT {ENTRY_COLUMNS_NO_VALUE} FROM entries
+  WHERE {SPACE} AND {_LIVE} AND key >= %(low)s ORDER BY key"""
+DUE = f"""SELECT {ENTRY_COLUMNS_NO_VALUE} FROM entries
+  WHERE {SPACE} AND NOT deleted AND expires_at IS NOT NULL AND expires_at <= %(now)s"""
+# Entries, changes and the space row in one statement: arrays of columns, unnested.
+SAVE = f"""WITH upserted AS (
+    INSERT INTO entries (user_id, app_id, key, value, codec, content_type, version,
+      create_revision, mod_revision, created_at, updated_at, expires_at, size, checksum,
+      metadata, deleted)
+    SELECT %(user_id)s::text, %(app_id)s::text, e.* FROM unnest(%(keys)s::text[],
+      %(values)s::bytea[], %(codecs)s::smallint[], %(content_types)s::text[],
+      %(versions)s::bigint[], %(create_revisions)s::bigint[], %(mod_revisions)s::bigint[],
+      %(created)s::timestamptz[], %(updated)s::timestamptz[], %(expires)s::timestamptz[],
+      %(sizes)s::bigint[], %(checksums)s::text[], %(metadata)s::jsonb[],
+      %(deleted)s::boolean[]) AS e
+    ON CONFLICT (user_id, app_id, key) DO UPDATE SET value = EXCLUDED.value,
+      codec = EXCLUDED.codec, content_type = EXCLUDED.content_type,
+      version = EXCLUDED.version, create_revision = EXCLUDED.create_revision,
+      mod_revision = EXCLUDED.mod_revision, created_at = EXCLUDED.created_at,
+      updated_at = EXCLUDED.updated_at, expires_at = EXCLUDED.expires_at,
+      size = EXCLUDED.size, checksum = EXCLUDED.checksum, metadata = EXCLUDED.metadata,
+      deleted = EXCLUDED.deleted
+  ), appended AS (
+    INSERT INTO changes (user_id, app_id, revision, key, op, version, client_id,
+      mutation_id, created_at)
+    SELECT %(user_id)s::text, %(app_id)s::text, c.*, %(now)s FROM unnest(
+      %(change_revisions)s::bigint[], %(change_keys)s::text[], %(ops)s::smallint[],
+      %(change_versions)s::bigint[], %(client_ids)s::text[],
+      %(mutation_ids)s::bigint[]) AS c
+  )
+  UPDATE spaces SET revision = %(revision)s, used_bytes = %(used_bytes)s,
+    used_keys = %(used_keys)s, updated_at = %(now)s
+  WHERE {SPACE}"""
+USAGE_BY_TYPE = f"""SELECT content_type, SUM(size)::bigint, COUNT(*) FROM entries
+  WHERE {SPACE} AND {_LIVE} GROUP BY content_type
+  ORDER BY content_type COLLATE "C" """
+EXPIRING = f"""SELECT COUNT(*), COALESCE(SUM(size), 0)::bigint FROM entries
+  WHERE {SPACE} AND {_LIVE} AND expires_at IS NOT NULL"""
+LARGEST_KEYS = f"""SELECT key, size FROM entries WHERE {SPACE} AND {_LIVE}
+  ORDER BY size DESC, key LIMIT %(top)s"""
+APP_TOTALS = """SELECT t.spaces, t.used_bytes, t.used_keys, a.limit_bytes, a.limit_keys,
+    a.max_value_bytes
+  FROM (SELECT COUNT(*) AS spaces, COALESCE(SUM(used_bytes), 0)::bigint AS used_bytes,
+      COALESCE(SUM(used_keys), 0)::bigint AS used_keys
+    FROM spaces WHERE app_id = %(app_id)s) AS t
+  LEFT JOIN app_quotas a ON a.app_id = %(app_id)s"""
+LARGEST_SPACES = """SELECT user_id, used_bytes, used_keys, limit_bytes, limit_keys,
+    max_value_bytes FROM spaces WHERE app_id = %(app_id)s
+  ORDER BY used_bytes DESC, user_id COLLATE "C" LIMIT %(top)s"""
+# LimitOverrides.merged in SQL (a set field replaces, an unset one inherits; reset starts
+# from nothing), so that concurrent calls cannot lose each other's fields.
+MERGE_APP_OVERRIDES = """INSERT INTO app_quotas AS q (app_id, limit_bytes, limit_keys,
+    max_value_bytes)
+  VALUES (%(app_id)s, %(limit_bytes)s, %(limit_keys)s, %(max_value_bytes)s)
+  ON CONFLICT (app_id) DO UPDATE SET
+    limit_bytes = COALESCE(EXCLUDED.limit_bytes, CASE WHEN NOT %(reset)s THEN q.limit_bytes END),
+    limit_keys = COALESCE(EXCLUDED.limit_keys, CASE WHEN NOT %(reset)s THEN q.limit_keys END),
+    max_value_bytes = COALESCE(EXCLUDED.max_value_bytes,
+      CASE WHEN NOT %(reset)s THEN q.max_value_bytes END)
+  RETURNING limit_bytes, limit_keys, max_value_bytes"""
+MERGE_SPACE_OVERRIDES = """INSERT INTO spaces AS s (user_id, app_id, limit_bytes, limit_keys,
+    max_value_bytes)
+  VALUES (%(user_id)s, %(app_id)s, %(limit_bytes)s, %(limit_keys)s, %(max_value_bytes)s)
+  ON CONFLICT (user_id, app_id) DO UPDATE SET
+    limit_bytes = COALESCE(EXCLUDED.limit_bytes, CASE WHEN NOT %(reset)s THEN s.limit_bytes END),
+    limit_keys = COALESCE(EXCLUDED.limit_keys, CASE WHEN NOT %(reset)s THEN s.limit_keys END),
+    max_value_bytes = COALESCE(EXCLUDED.max_value_bytes,
+      CASE WHEN NOT %(reset)s THEN s.max_value_bytes END)
+  RETURNING limit_bytes, limit_keys, max_value_bytes"""
+SPACES_WITH_EXPIRED = """SELECT DISTINCT user_id, app_id FROM entries
+  WHERE NOT deleted AND expires_at IS NOT NULL AND expires_at <= %(now)s LIMIT %(limit)s"""
+MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(8389471015384213362)"  # b"tmcpmigr"
+MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (
+    version integer PRIMARY KEY, name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now())"""
+APPLIED = "SELECT version FROM schema_migrations"
+RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name) VALUES (%(version)s, %(name)s)"
+
+# OperationalError covers lost and refused connections, server shutdown, timeouts and
+# the pool's own errors (PoolTimeout, PoolClosed).
