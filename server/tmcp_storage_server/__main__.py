@@ -1,0 +1,108 @@
+"""Command line: ``serve``, ``migrate``, ``token``.
+
+    python -m tmcp_storage_server serve [--listen HOST:PORT] [--database-url URL]
+    python -m tmcp_storage_server migrate
+    python -m tmcp_storage_server token --app A --user U [--scope S ...] [--ttl SECONDS]
+
+Settings come from ``STORAGE_*`` environment variables (see config.py); flags win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from tmcp_storage_server.api.auth import mint_token
+from tmcp_storage_server.app import App, build_repository
+from tmcp_storage_server.config import Config, ConfigError
+from tmcp_storage_server.errors import StorageError
+from tmcp_storage_server.model import Scope
+
+log = logging.getLogger("tmcp_storage_server")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tmcp-storage", description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", help="STORAGE_DATA_DIR")
+    parser.add_argument("--database-url", help="STORAGE_DATABASE_URL")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gRPC server in the foreground")
+    serve.add_argument("--listen", help="STORAGE_LISTEN, host:port")
+    commands.add_parser("migrate", help="apply database migrations and exit")
+    token = commands.add_parser("token", help="mint a development token")
+    token.add_argument("--app", required=True, help="app id (claim 'app')")
+    token.add_argument("--user", default="", help="user id (claim 'sub')")
+    token.add_argument(
+        "--scope",
+        action="append",
+        choices=[s.value for s in Scope],
+        help="repeatable; default storage:read and storage:write",
+    )
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    return parser
+
+
+async def _serve(config: Config) -> None:
+    app = await App.start(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"tmcp-storage listening on {config.listen} (port {app.port})", flush=True)
+    await stop.wait()
+    log.info("shutting down: draining in-flight calls")
+    await app.stop()
+
+
+async def _migrate(config: Config) -> None:
+    repository = build_repository(config)
+    await repository.open()
+    await repository.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m tmcp_storage_server`` and ``tmcp-storage``."""
+    args = _parser().parse_args(argv)
+    overrides = {"data_dir": args.data_dir, "database_url": args.database_url}
+    if args.command == "serve":
+        overrides["listen"] = args.listen
+    try:
+        config = Config.from_env(os.environ, **overrides)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config, secret_file = config.resolve_secret()
+    if secret_file:
+        log.info("JWT secret (HS256) is in %s; mint tokens with the 'token' command", secret_file)
+    try:
+        if args.command == "token":
+            scopes = args.scope or [Scope.READ.value, Scope.WRITE.value]
+            print(
+                mint_token(
+                    config.jwt_secret,
+                    app_id=args.app,
+                    user_id=args.user,
+                    scopes=scopes,
+                    ttl_seconds=args.ttl,
+                )
+            )
+        elif args.command == "migrate":
+            asyncio.run(_migrate(config))
+            print("migrations applied")
+        else:
+            asyncio.run(_serve(config))
+    except StorageError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""gRPC servicers: convert requests to core calls and core results to responses."""

@@ -1,0 +1,91 @@
+"""Bearer tokens: JWT (HS256, shared secret) in the ``authorization`` metadata.
+
+Claims: ``sub`` (user id), ``app`` (app id), ``scope`` (space-separated), ``exp``.
+Verified tokens are cached until they expire, so a hot client costs one dict lookup.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import jwt
+from cachetools import LRUCache
+
+from tmcp_storage_server.errors import Unauthenticated
+from tmcp_storage_server.model import Principal, Scope
+
+ALGORITHM = "HS256"
+_SCOPES = {scope.value: scope for scope in Scope}
+
+
+def mint_token(
+    secret: str, *, app_id: str, user_id: str, scopes: Iterable[str], ttl_seconds: int
+) -> str:
+    """A signed token for development and tests (``tmcp-storage token``)."""
+    now = int(time.time())
+    claims = {
+        "sub": user_id,
+        "app": app_id,
+        "scope": " ".join(scopes),
+        "iat": now,
+        "exp": now + ttl_seconds,
+    }
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+class TokenVerifier:
+    """Turns the ``authorization`` metadata into a ``Principal``."""
+
+    def __init__(self, *, secret: str, leeway_seconds: float = 5.0, cache_size: int = 10_000):
+        self._secret = secret
+        self._leeway = leeway_seconds
+        self._cache: LRUCache[str, tuple[Principal, float]] = LRUCache(maxsize=cache_size)
+
+    def authenticate(self, metadata: Iterable[tuple[str, Any]] | None) -> Principal:
+        """The caller, or ``Unauthenticated`` (TOKEN_INVALID / TOKEN_EXPIRED)."""
+        token = _bearer(metadata or ())
+        cached = self._cache.get(token)
+        if cached is not None:
+            principal, expires = cached
+            if time.time() < expires + self._leeway:
+                return principal
+            del self._cache[token]
+        principal, expires = self._verify(token)
+        self._cache[token] = (principal, expires)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, float]:
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                leeway=self._leeway,
+                options={"require": ["exp", "sub", "app"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("token expired", reason="TOKEN_EXPIRED") from None
+        except jwt.InvalidTokenError as exc:
+            raise Unauthenticated(f"invalid token: {exc}", reason="TOKEN_INVALID") from None
+        subject, app_id, scope = claims.get("sub"), claims.get("app"), claims.get("scope", "")
+        if not isinstance(subject, str) or not isinstance(app_id, str) or not app_id:
+            raise Unauthenticated(
+                "token claims sub and app must be strings", reason="TOKEN_INVALID"
+            )
+        if not isinstance(scope, str):
+            raise Unauthenticated("token claim scope must be a string", reason="TOKEN_INVALID")
+        scopes = frozenset(_SCOPES[s] for s in scope.split() if s in _SCOPES)
+        return Principal(subject, app_id, scopes), float(claims["exp"])
+
+
+def _bearer(metadata: Iterable[tuple[str, Any]]) -> str:
+    for name, value in metadata:
+        if name == "authorization":
+            text = value.decode() if isinstance(value, bytes) else value
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+            raise Unauthenticated("authorization must be 'Bearer <token>'", reason="TOKEN_INVALID")
+    raise Unauthenticated("missing bearer token in authorization metadata", reason="TOKEN_INVALID")

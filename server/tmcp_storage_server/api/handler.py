@@ -1,0 +1,56 @@
+"""The shape every unary handler shares: authenticate, call, map errors.
+
+A servicer method decorated with ``@unary`` receives ``(request, principal)`` and returns
+the response; domain errors become rich statuses from the one table in ``api.errors``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
+
+import grpc
+from grpc_status import rpc_status
+
+from tmcp_storage_server.api.auth import TokenVerifier
+from tmcp_storage_server.api.errors import internal_status, to_status
+from tmcp_storage_server.errors import StorageError
+from tmcp_storage_server.model import Principal
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+class HasAuth(Protocol):
+    """A servicer holding the token verifier."""
+
+    auth: TokenVerifier
+
+
+S = TypeVar("S", bound=HasAuth)
+
+
+def unary(
+    method: Callable[[S, Req, Principal], Awaitable[Resp]],
+) -> Callable[[S, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]:
+    """Wrap ``method(self, request, principal)`` as a gRPC unary handler."""
+
+    @functools.wraps(method)
+    async def handle(self: S, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
+        try:
+            principal = self.auth.authenticate(context.invocation_metadata())
+            return await method(self, request, principal)
+        except StorageError as exc:
+            status = to_status(exc)
+        except Exception:
+            log.exception("unexpected error in %s", method.__qualname__)
+            status = internal_status()
+        rich = rpc_status.to_status(status)
+        await context.abort(rich.code, rich.details, rich.trailing_metadata)
+        raise AssertionError("abort returned")  # pragma: no cover
+
+    return handle

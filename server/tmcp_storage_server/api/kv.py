@@ -1,0 +1,112 @@
+"""KeyValue servicer: convert, call core, convert."""
+
+from __future__ import annotations
+
+from tmcp.storage.v1 import kv_pb2, kv_pb2_grpc
+
+from tmcp_storage_server.api import convert
+from tmcp_storage_server.api.auth import TokenVerifier
+from tmcp_storage_server.api.handler import unary
+from tmcp_storage_server.core.commands import DeleteCommand, PutCommand, TouchCommand
+from tmcp_storage_server.core.kv import KeyValueService
+from tmcp_storage_server.model import Principal
+
+
+class KeyValueServicer(kv_pb2_grpc.KeyValueServicer):
+    """``tmcp.storage.v1.KeyValue``."""
+
+    def __init__(self, *, service: KeyValueService, auth: TokenVerifier) -> None:
+        self.service = service
+        self.auth = auth
+
+    @unary
+    async def Get(self, request: kv_pb2.GetRequest, principal: Principal) -> kv_pb2.GetResponse:
+        entry, revision = await self.service.get(
+            principal, convert.space(request.space), request.key
+        )
+        return kv_pb2.GetResponse(header=convert.header(revision), entry=convert.entry(entry))
+
+    @unary
+    async def Put(self, request: kv_pb2.PutRequest, principal: Principal) -> kv_pb2.PutResponse:
+        value, is_json = convert.value_in(request.value)
+        command = PutCommand(
+            key=request.key,
+            value=value,
+            content_type=request.content_type,
+            is_json=is_json,
+            expected_version=(
+                request.expected_version if request.HasField("expected_version") else None
+            ),
+            ttl=convert.ttl(request.ttl, request.HasField("ttl")),
+            expires_at=convert.expires_at(request.expires_at, request.HasField("expires_at")),
+            keep_ttl=request.keep_ttl,
+            metadata=dict(request.metadata),
+        )
+        result = await self.service.put(principal, convert.space(request.space), command)
+        assert result.entry is not None
+        return kv_pb2.PutResponse(
+            header=convert.header(result.revision),
+            entry=convert.entry(result.entry, with_value=False),
+            usage=convert.usage(result.usage),
+        )
+
+    @unary
+    async def Delete(
+        self, request: kv_pb2.DeleteRequest, principal: Principal
+    ) -> kv_pb2.DeleteResponse:
+        expected = request.expected_version if request.HasField("expected_version") else None
+        result = await self.service.delete(
+            principal, convert.space(request.space), DeleteCommand(request.key, expected)
+        )
+        return kv_pb2.DeleteResponse(
+            header=convert.header(result.revision),
+            deleted=result.deleted,
+            usage=convert.usage(result.usage),
+        )
+
+    @unary
+    async def List(self, request: kv_pb2.ListRequest, principal: Principal) -> kv_pb2.ListResponse:
+        page = await self.service.list(
+            principal,
+            convert.space(request.space),
+            prefix=request.prefix,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            include_values=request.include_values,
+            max_bytes=request.max_bytes,
+        )
+        return kv_pb2.ListResponse(
+            header=convert.header(page.revision),
+            entries=[convert.entry(e, with_value=request.include_values) for e in page.entries],
+            next_page_token=page.next_page_token,
+        )
+
+    @unary
+    async def Touch(
+        self, request: kv_pb2.TouchRequest, principal: Principal
+    ) -> kv_pb2.TouchResponse:
+        command = TouchCommand(
+            key=request.key,
+            ttl=convert.ttl(request.ttl, request.HasField("ttl")),
+            expires_at=convert.expires_at(request.expires_at, request.HasField("expires_at")),
+            clear_ttl=request.clear_ttl,
+        )
+        result = await self.service.touch(principal, convert.space(request.space), command)
+        assert result.entry is not None
+        return kv_pb2.TouchResponse(
+            header=convert.header(result.revision),
+            entry=convert.entry(result.entry, with_value=False),
+        )
+
+    @unary
+    async def DeletePrefix(
+        self, request: kv_pb2.DeletePrefixRequest, principal: Principal
+    ) -> kv_pb2.DeletePrefixResponse:
+        result = await self.service.delete_prefix(
+            principal, convert.space(request.space), request.prefix
+        )
+        return kv_pb2.DeletePrefixResponse(
+            header=convert.header(result.revision),
+            deleted_count=result.deleted_count,
+            usage=convert.usage(result.usage),
+        )

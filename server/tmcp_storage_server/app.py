@@ -1,0 +1,149 @@
+"""The composition root: build the parts from a Config, serve, and drain.
+
+The only module that knows every layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2
+
+from tmcp_storage_server.api.auth import TokenVerifier
+from tmcp_storage_server.api.kv import KeyValueServicer
+from tmcp_storage_server.api.quota import QuotaServicer
+from tmcp_storage_server.api.server import SERVICE_NAMES, build_server
+from tmcp_storage_server.config import Config
+from tmcp_storage_server.core.clock import SystemClock
+from tmcp_storage_server.core.expiry import Sweeper
+from tmcp_storage_server.core.kv import KeyValueService
+from tmcp_storage_server.core.ports import Repository
+from tmcp_storage_server.core.quota import QuotaService
+from tmcp_storage_server.core.writes import Writer
+from tmcp_storage_server.errors import StorageError
+
+log = logging.getLogger("tmcp_storage_server")
+
+HEALTH_INTERVAL = 2.0
+
+
+def build_repository(config: Config) -> Repository:
+    """The repository the database URL names."""
+    if config.embedded:
+        from tmcp_storage_server.store.sqlite import SqliteRepository
+
+        return SqliteRepository(path=config.sqlite_path)
+    from tmcp_storage_server.store.postgres import PostgresRepository
+
+    return PostgresRepository(url=config.database_url, max_size=config.db_pool_size)
+
+
+@dataclass
+class App:
+    """A running server and its background tasks."""
+
+    config: Config
+    port: int
+    _server: grpc.aio.Server
+    _repository: Repository
+    _health: Any  # grpc_health.v1.health.aio.HealthServicer (no stubs)
+    _tasks: list[asyncio.Task[None]]
+
+    @classmethod
+    async def start(cls, config: Config) -> App:
+        """Open the database (applying migrations), bind the port and start serving."""
+        config, _ = config.resolve_secret()
+        repository = build_repository(config)
+        await repository.open()
+        clock = SystemClock()
+        writer = Writer(repository=repository, defaults=config.limits)
+        auth = TokenVerifier(secret=config.jwt_secret)
+        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        server = build_server(
+            kv=KeyValueServicer(
+                service=KeyValueService(repository=repository, writer=writer, clock=clock),
+                auth=auth,
+            ),
+            quota=QuotaServicer(
+                service=QuotaService(repository=repository, defaults=config.limits, clock=clock),
+                auth=auth,
+            ),
+            health_servicer=health_servicer,
+        )
+        port = server.add_insecure_port(config.listen)
+        if port == 0:
+            await repository.close()
+            raise OSError(f"cannot listen on {config.listen}")
+        await server.start()
+        sweeper = Sweeper(repository=repository, writer=writer, clock=clock)
+        app = cls(config, port, server, repository, health_servicer, [])
+        await app._set_serving(True)
+        app._tasks = [
+            asyncio.create_task(app._watch_health(), name="health"),
+            asyncio.create_task(app._sweep(sweeper), name="sweeper"),
+        ]
+        log.info(
+            "serving on %s (port %d), database %s",
+            config.listen,
+            port,
+            "sqlite " + config.sqlite_path if config.embedded else "postgresql",
+        )
+        return app
+
+    async def _set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, status)
+
+    async def _watch_health(self) -> None:
+        serving = True
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL)
+            try:
+                await self._repository.ping()
+                ok = True
+            except StorageError:
+                ok = False
+            except Exception:
+                # Never let the health loop die: an unexpected failure is "not serving".
+                log.exception("health check failed unexpectedly")
+                ok = False
+            if ok != serving:
+                log.warning("database %s", "reachable again" if ok else "unreachable")
+                serving = ok
+                await self._set_serving(ok)
+
+    async def _sweep(self, sweeper: Sweeper) -> None:
+        while True:
+            await asyncio.sleep(self.config.sweep_interval)
+            try:
+                await sweeper.sweep_once()
+            except StorageError as exc:
+                log.warning("expiry sweep skipped: %s", exc.message)
+            except Exception:
+                log.exception("expiry sweep failed")
+
+    async def wait(self) -> None:
+        """Until the server stops."""
+        await self._server.wait_for_termination()
+
+    async def stop(self) -> None:
+        """Stop taking calls, let in-flight calls finish (up to the grace), close."""
+        await self._health.enter_graceful_shutdown()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._server.stop(self.config.shutdown_grace)
+        await self._repository.close()
+        log.info("stopped")

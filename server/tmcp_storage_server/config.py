@@ -1,0 +1,133 @@
+"""Configuration: read from the environment (and flags) and validated in one place.
+
+Every setting is a ``STORAGE_*`` environment variable; the command line may override some.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from tmcp_storage_server.model import QuotaLimits
+
+MIB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Server settings."""
+
+    listen: str = "127.0.0.1:50051"
+    """``STORAGE_LISTEN``: host:port of the gRPC server."""
+    data_dir: str = "./data"
+    """``STORAGE_DATA_DIR``: where the embedded database and generated secret live."""
+    database_url: str = ""
+    """``STORAGE_DATABASE_URL``: ``sqlite:///path`` or ``postgresql://...``; default an
+    SQLite file in the data directory."""
+    jwt_secret: str = field(default="", repr=False)
+    """``STORAGE_JWT_SECRET``: HS256 secret. Unset with SQLite: generated into
+    ``<data_dir>/jwt-secret``. Required with PostgreSQL."""
+    redis_url: str = ""
+    """``STORAGE_REDIS_URL``: optional Redis for the shared cache (unused until then)."""
+    limits: QuotaLimits = field(default_factory=lambda: QuotaLimits(10 * MIB, 1000, MIB))
+    """``STORAGE_LIMIT_BYTES``, ``STORAGE_LIMIT_KEYS``, ``STORAGE_MAX_VALUE_BYTES``:
+    default quota of a space."""
+    sweep_interval: float = 1.0
+    """``STORAGE_SWEEP_INTERVAL``: seconds between background sweeps of expired entries."""
+    shutdown_grace: float = 10.0
+    """``STORAGE_SHUTDOWN_GRACE``: seconds in-flight calls get to finish on shutdown."""
+    db_pool_size: int = 10
+    """``STORAGE_DB_POOL_SIZE``: PostgreSQL connections per process."""
+    log_level: str = "INFO"
+    """``STORAGE_LOG_LEVEL``."""
+
+    @property
+    def embedded(self) -> bool:
+        """Whether the database is the embedded SQLite file."""
+        return self.database_url.startswith("sqlite:")
+
+    @property
+    def sqlite_path(self) -> str:
+        """The file of an ``sqlite:///path`` URL (``sqlite:////abs`` or ``sqlite:///rel``)."""
+        return self.database_url.removeprefix("sqlite:///")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **overrides: str | None) -> Config:
+        """Settings from ``env``; non-None ``overrides`` (flags) win over the environment."""
+        values = {k: v for k, v in env.items() if k.startswith("STORAGE_")}
+        values.update({f"STORAGE_{k.upper()}": v for k, v in overrides.items() if v is not None})
+        d = _DEFAULTS
+        data_dir = values.get("STORAGE_DATA_DIR", d.data_dir)
+        database_url = values.get("STORAGE_DATABASE_URL") or (
+            "sqlite:///" + os.path.join(data_dir, "storage.db")
+        )
+        if not database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ConfigError("STORAGE_DATABASE_URL must start with sqlite:/// or postgresql://")
+        listen = values.get("STORAGE_LISTEN", d.listen)
+        if ":" not in listen or not listen.rsplit(":", 1)[1].isdigit():
+            raise ConfigError(f"STORAGE_LISTEN must be host:port, not {listen!r}")
+        config = cls(
+            listen=listen,
+            data_dir=data_dir,
+            database_url=database_url,
+            jwt_secret=values.get("STORAGE_JWT_SECRET", ""),
+            redis_url=values.get("STORAGE_REDIS_URL", ""),
+            limits=QuotaLimits(
+                _int(values, "STORAGE_LIMIT_BYTES", d.limits.limit_bytes),
+                _int(values, "STORAGE_LIMIT_KEYS", d.limits.limit_keys),
+                _int(values, "STORAGE_MAX_VALUE_BYTES", d.limits.max_value_bytes),
+            ),
+            sweep_interval=_float(values, "STORAGE_SWEEP_INTERVAL", d.sweep_interval),
+            shutdown_grace=_float(values, "STORAGE_SHUTDOWN_GRACE", d.shutdown_grace),
+            db_pool_size=_int(values, "STORAGE_DB_POOL_SIZE", d.db_pool_size),
+            log_level=values.get("STORAGE_LOG_LEVEL", d.log_level).upper(),
+        )
+        if not 0 < config.limits.max_value_bytes <= MIB:
+            raise ConfigError("STORAGE_MAX_VALUE_BYTES must be 1..1048576")
+        if not config.embedded and not config.jwt_secret:
+            raise ConfigError("STORAGE_JWT_SECRET is required with PostgreSQL")
+        return config
+
+    def resolve_secret(self) -> tuple[Config, str | None]:
+        """The config with its JWT secret, generating one into the data directory for the
+        embedded setup; also the file it came from, if any."""
+        if self.jwt_secret:
+            return self, None
+        path = Path(self.data_dir) / "jwt-secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(48))
+        secret = path.read_text().strip()
+        return replace(self, jwt_secret=secret), str(path)
+
+
+_DEFAULTS = Config()
+
+
+def _int(values: Mapping[str, str], name: str, default: int) -> int:
+    try:
+        result = int(values[name]) if name in values else default
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer") from None
+    if result < 0:
+        raise ConfigError(f"{name} must not be negative")
+    return result
+
+
+def _float(values: Mapping[str, str], name: str, default: float) -> float:
+    try:
+        result = float(values[name]) if name in values else default
+    except ValueError:
+        raise ConfigError(f"{name} must be a number") from None
+    if result <= 0:
+        raise ConfigError(f"{name} must be positive")
+    return result
