@@ -1,0 +1,77 @@
+"""Python client of the TMCP mini-app storage service.
+
+    from tmcp_storage import Client, Space, NotFound
+
+    with Client("localhost:50051", token=token, space=Space("app", "user-1")) as client:
+        client.put("profile", {"name": "Ada"})
+        entry = client.get("profile")
+
+`AsyncClient` offers the same methods as coroutines (and `list` as an async iterator).
+Errors are `StorageError` subclasses, drawn in `tmcp_storage.errors`.
+"""
+
+from tmcp_storage.aio import AsyncClient
+from tmcp_storage.client import Client
+from tmcp_storage.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    PermissionDenied,
+    QuotaExceeded,
+    ResourceExhausted,
+    StorageError,
+    Unauthenticated,
+    Unavailable,
+    VersionConflict,
+)
+from tmcp_storage.models import (
+    AppUsage,
+    ContentTypeUsage,
+    DeletePrefixResult,
+    DeleteResult,
+    Entry,
+    KeySize,
+    PutResult,
+    QuotaInfo,
+    QuotaLimits,
+    QuotaUsage,
+    Space,
+    SpaceUsage,
+    UsageInfo,
+)
+
+__all__ = [
+    "AlreadyExists",
+    "AppUsage",
+    "AsyncClient",
+    "Client",
+    "ContentTypeUsage",
+    "DeadlineExceeded",
+    "DeletePrefixResult",
+    "DeleteResult",
+    "Entry",
+    "FailedPrecondition",
+    "Internal",
+    "InvalidArgument",
+    "KeySize",
+    "NotFound",
+    "OutOfRange",
+    "PermissionDenied",
+    "PutResult",
+    "QuotaExceeded",
+    "QuotaInfo",
+    "QuotaLimits",
+    "QuotaUsage",
+    "ResourceExhausted",
+    "Space",
+    "SpaceUsage",
+    "StorageError",
+    "Unauthenticated",
+    "Unavailable",
+    "UsageInfo",
+    "VersionConflict",
+]

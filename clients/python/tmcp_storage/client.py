@@ -1,0 +1,225 @@
+"""`Client`: the blocking entry point.
+
+Each method builds its call with `Operations` and hands it to a `BlockingRunner`; the
+asyncio twin in `aio` does the same with an `AsyncRunner`, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from tmcp_storage._runners import BlockingRunner
+from tmcp_storage._settings import Settings
+from tmcp_storage.models import (
+    AppUsage,
+    DeletePrefixResult,
+    DeleteResult,
+    Entry,
+    JsonInput,
+    PutResult,
+    QuotaInfo,
+    QuotaLimits,
+    RawInput,
+    Space,
+    UsageInfo,
+)
+from tmcp_storage.operations import Operations
+
+
+class Client:
+    """A blocking client of the storage service; use it as a context manager or `close()` it.
+
+    `token` is a bearer token, or a function returning one (called for every attempt,
+    so it may refresh). `space` is the default for every call. `timeout` is the default
+    deadline of a call in seconds, retries included (None: no deadline); a call's own
+    `timeout` replaces it. UNAVAILABLE is retried up to `retries` times. Calls raise
+    `tmcp_storage.errors.StorageError` subclasses, and ValueError when no space is known.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | Callable[[], str] | None = None,
+        space: Space | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        timeout: float | None = 10.0,
+        retries: int = 3,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        settings = Settings.create(
+            target,
+            token=token,
+            credentials=credentials,
+            timeout=timeout,
+            retries=retries,
+            options=options,
+        )
+        if credentials is None:
+            self._channel = grpc.insecure_channel(target, options=settings.options)
+        else:
+            self._channel = grpc.secure_channel(target, credentials, options=settings.options)
+        self._runner = BlockingRunner(self._channel, settings)
+        self._ops = Operations(space=space)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel; calls made afterwards fail."""
+        self._channel.close()
+
+    def get(
+        self,
+        key: str,
+        *,
+        strong: bool = False,
+        space: Space | None = None,
+        timeout: float | None = None,
+    ) -> Entry:
+        """Read one entry; NotFound if absent or expired. `strong` bypasses caches."""
+        return self._runner.run(self._ops.get(key, strong=strong, space=space), timeout)
+
+    def put(
+        self,
+        key: str,
+        value: RawInput | JsonInput,
+        *,
+        content_type: str | None = None,
+        expected_version: int | None = None,
+        ttl: float | timedelta | None = None,
+        expires_at: datetime | None = None,
+        keep_ttl: bool = False,
+        metadata: Mapping[str, str] | None = None,
+        space: Space | None = None,
+        timeout: float | None = None,
+    ) -> PutResult:
+        """Create or replace an entry: bytes are stored raw, anything else as JSON.
+
+        `expected_version` None writes unconditionally, 0 only creates, N needs version
+        N. Without `ttl`/`expires_at` the entry does not expire, unless `keep_ttl`.
+        """
+        call = self._ops.put(
+            key,
+            value,
+            content_type=content_type,
+            expected_version=expected_version,
+            ttl=ttl,
+            expires_at=expires_at,
+            keep_ttl=keep_ttl,
+            metadata=metadata,
+            space=space,
+        )
+        return self._runner.run(call, timeout)
+
+    def delete(
+        self,
+        key: str,
+        *,
+        expected_version: int | None = None,
+        space: Space | None = None,
+        timeout: float | None = None,
+    ) -> DeleteResult:
+        """Delete one key; an absent key gives `deleted=False`, not an error."""
+        call = self._ops.delete(key, expected_version=expected_version, space=space)
+        return self._runner.run(call, timeout)
+
+    def list(
+        self,
+        prefix: str = "",
+        *,
+        page_size: int = 100,
+        include_values: bool = False,
+        max_bytes: int | None = None,
+        space: Space | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[Entry]:
+        """Iterate over the entries under `prefix` in key order, fetching page by page.
+
+        `max_bytes` ends a page early once its values reach that many bytes; `timeout`
+        applies to each page.
+        """
+        call = self._ops.list(
+            prefix,
+            page_size=page_size,
+            include_values=include_values,
+            max_bytes=max_bytes,
+            space=space,
+        )
+        return self._runner.pages(call, timeout)
+
+    def touch(
+        self,
+        key: str,
+        *,
+        ttl: float | timedelta | None = None,
+        expires_at: datetime | None = None,
+        clear_ttl: bool = False,
+        space: Space | None = None,
+        timeout: float | None = None,
+    ) -> Entry:
+        """Set, refresh or clear a key's expiry without a new version; returns no value."""
+        call = self._ops.touch(
+            key, ttl=ttl, expires_at=expires_at, clear_ttl=clear_ttl, space=space
+        )
+        return self._runner.run(call, timeout)
+
+    def delete_prefix(
+        self, prefix: str, *, space: Space | None = None, timeout: float | None = None
+    ) -> DeletePrefixResult:
+        """Delete every key under `prefix` (all of the space for "") in one revision."""
+        return self._runner.run(self._ops.delete_prefix(prefix, space=space), timeout)
+
+    def quota(self, *, space: Space | None = None, timeout: float | None = None) -> QuotaInfo:
+        """Read a space's limits, usage and headroom."""
+        return self._runner.run(self._ops.quota(space=space), timeout)
+
+    def usage(
+        self, top_keys: int = 10, *, space: Space | None = None, timeout: float | None = None
+    ) -> UsageInfo:
+        """Read a space's usage by content type, expiring entries and largest keys."""
+        return self._runner.run(self._ops.usage(top_keys=top_keys, space=space), timeout)
+
+    def set_quota(
+        self,
+        *,
+        app_id: str | None = None,
+        space: Space | None = None,
+        limit_bytes: int | None = None,
+        limit_keys: int | None = None,
+        max_value_bytes: int | None = None,
+        reset: bool = False,
+        timeout: float | None = None,
+    ) -> QuotaLimits:
+        """Admin: override limits of an app (`app_id`) or of a space; returns the overrides.
+
+        None leaves a limit as it is; `reset` first drops every override of the target.
+        """
+        call = self._ops.set_quota(
+            app_id=app_id,
+            space=space,
+            limit_bytes=limit_bytes,
+            limit_keys=limit_keys,
+            max_value_bytes=max_value_bytes,
+            reset=reset,
+        )
+        return self._runner.run(call, timeout)
+
+    def app_usage(
+        self, app_id: str, top_spaces: int = 10, *, timeout: float | None = None
+    ) -> AppUsage:
+        """Admin: totals over every space of an app, and its largest spaces."""
+        return self._runner.run(self._ops.app_usage(app_id, top_spaces=top_spaces), timeout)
