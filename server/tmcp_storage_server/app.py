@@ -15,10 +15,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2
 
 from tmcp_storage_server.api.auth import TokenVerifier
+from tmcp_storage_server.api.batch import BatchServicer
 from tmcp_storage_server.api.kv import KeyValueServicer
 from tmcp_storage_server.api.quota import QuotaServicer
 from tmcp_storage_server.api.server import SERVICE_NAMES, build_server
 from tmcp_storage_server.config import Config
+from tmcp_storage_server.core.batch import BatchService
 from tmcp_storage_server.core.clock import SystemClock
 from tmcp_storage_server.core.expiry import Sweeper
 from tmcp_storage_server.core.kv import KeyValueService
@@ -67,6 +69,10 @@ class App:
         server = build_server(
             kv=KeyValueServicer(
                 service=KeyValueService(repository=repository, writer=writer, clock=clock),
+                auth=auth,
+            ),
+            batch=BatchServicer(
+                service=BatchService(repository=repository, writer=writer, clock=clock),
                 auth=auth,
             ),
             quota=QuotaServicer(

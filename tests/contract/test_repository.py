@@ -143,6 +143,25 @@ async def test_get_hides_an_entry_from_its_expiry_on(
     assert await repository.get(space, "k", T0 + 10 * SECOND) == (None, 1)
 
 
+async def test_get_many_returns_live_entries_of_the_keys_that_exist(
+    repository: Repository, kv: KeyValueService, user: Principal, space: Space
+) -> None:
+    assert await repository.get_many(space, ["a"], T0) == ({}, 0)
+    big = b"z" * 5000  # stored compressed
+    await kv.put(user, space, PutCommand("a", b"1"))
+    await kv.put(user, space, PutCommand("b", big))
+    await kv.put(user, space, PutCommand("gone", b"x"))
+    await kv.delete(user, space, DeleteCommand("gone"))
+    await kv.put(user, space, PutCommand("soon", b"x", ttl=10 * SECOND))
+    found, revision = await repository.get_many(
+        space, ["b", "a", "missing", "gone", "soon", "a"], T0 + 10 * SECOND
+    )
+    assert revision == 5
+    assert sorted(found) == ["a", "b"]
+    assert found["b"].value == big
+    assert found["a"] == (await repository.get(space, "a", T0))[0]
+
+
 async def test_get_hides_a_tombstone_which_load_still_returns(
     repository: Repository, kv: KeyValueService, user: Principal, space: Space
 ) -> None:

@@ -10,8 +10,6 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 from tmcp.storage.v1 import (
-    batch_pb2,
-    batch_pb2_grpc,
     kv_pb2,
     kv_pb2_grpc,
     sync_pb2,
@@ -170,12 +168,9 @@ def test_version_mismatch(call) -> None:  # type: ignore[no-untyped-def]
 
 def test_unimplemented_services_say_so(server: ServerProcess, app_id: str) -> None:
     with grpc.insecure_channel(server.target) as channel:
-        batch = batch_pb2_grpc.BatchStub(channel)
         sync = sync_pb2_grpc.SyncStub(channel)
         space = types_pb2.Space(app_id=app_id, user_id="alice")
-        f = failure(lambda: batch.BatchGet(batch_pb2.BatchGetRequest(space=space)))
-        assert (f.code, f.reason) == (Code.UNIMPLEMENTED, "NOT_IMPLEMENTED")
         f = failure(lambda: sync.Pull(sync_pb2.PullRequest(space=space)))
-        assert f.code == Code.UNIMPLEMENTED
+        assert (f.code, f.reason) == (Code.UNIMPLEMENTED, "NOT_IMPLEMENTED")
         f = failure(lambda: list(sync.Watch(sync_pb2.WatchRequest(space=space))))
         assert f.code == Code.UNIMPLEMENTED

@@ -18,18 +18,23 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from tmcp_storage import batching
 from tmcp_storage._runners import AsyncRunner
 from tmcp_storage._settings import Settings
 from tmcp_storage.models import (
     AppUsage,
+    BatchResult,
+    DeleteItem,
     DeletePrefixResult,
     DeleteResult,
     Entry,
+    GetItem,
     JsonInput,
     PutResult,
     QuotaInfo,
     QuotaLimits,
     RawInput,
+    SetItem,
     Space,
     UsageInfo,
 )
@@ -248,3 +253,54 @@ class AsyncClient:
     ) -> AppUsage:
         """Admin: totals over every space of an app, and its largest spaces."""
         return await self._runner.run(self._ops.app_usage(app_id, top_spaces=top_spaces), timeout)
+
+    async def batch_get(
+        self,
+        keys: Sequence[str],
+        *,
+        strong: bool = False,
+        space: Space | None = None,
+        timeout: float | None = None,
+    ) -> BatchResult:
+        """Read up to 1000 keys: one result per key, in request order (duplicates too);
+        a missing key is `found=False` with no error."""
+        call = batching.batch_get(self._ops.space(space), keys, strong=strong)
+        return await self._runner.run(call, timeout)
+
+    async def batch_set(
+        self,
+        items: Sequence[SetItem],
+        *,
+        atomic: bool = False,
+        space: Space | None = None,
+        timeout: float | None = None,
+    ) -> BatchResult:
+        """Write up to 1000 entries in one revision. Atomic: all or nothing (the error
+        names the failing index); otherwise each result carries its own error."""
+        call = batching.batch_set(self._ops.space(space), items, atomic=atomic)
+        return await self._runner.run(call, timeout)
+
+    async def batch_delete(
+        self,
+        items: Sequence[DeleteItem | str],
+        *,
+        atomic: bool = False,
+        space: Space | None = None,
+        timeout: float | None = None,
+    ) -> BatchResult:
+        """Delete up to 1000 keys in one revision (strings delete unconditionally)."""
+        call = batching.batch_delete(self._ops.space(space), items, atomic=atomic)
+        return await self._runner.run(call, timeout)
+
+    async def execute(
+        self,
+        operations: Sequence[GetItem | SetItem | DeleteItem],
+        *,
+        atomic: bool = False,
+        space: Space | None = None,
+        timeout: float | None = None,
+    ) -> BatchResult:
+        """Mixed reads and writes in order, in one transaction; reads see the batch's
+        own earlier writes."""
+        call = batching.execute(self._ops.space(space), operations, atomic=atomic)
+        return await self._runner.run(call, timeout)

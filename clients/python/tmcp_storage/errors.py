@@ -234,6 +234,14 @@ def from_rpc_error(error: grpc.RpcError) -> StorageError:
     return build_error(code, error.details() or "", details)
 
 
+def grpc_code(number: int) -> grpc.StatusCode:
+    """The grpc.StatusCode of a numeric code (UNKNOWN for numbers gRPC does not define)."""
+    for code in grpc.StatusCode:
+        if code.value[0] == number:
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
 def build_error(code: grpc.StatusCode, message: str, details: Sequence[Message]) -> StorageError:
     """Choose the StorageError class for a status and build it (pure; for tests too)."""
     info = _error_info(details)

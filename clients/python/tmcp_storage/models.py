@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal, TypeAlias
 
 JsonInput: TypeAlias = (
@@ -226,3 +226,60 @@ class AppUsage:
     """The app's limit overrides (unset ones inherit the server defaults)."""
     largest_spaces: tuple[SpaceUsage, ...]
     """The largest spaces, largest first."""
+
+
+@dataclass(frozen=True)
+class SetItem:
+    """One write of a batch, with the options of `put`."""
+
+    key: str
+    value: Any
+    """bytes are stored raw, anything else as JSON."""
+    content_type: str | None = None
+    expected_version: int | None = None
+    ttl: float | timedelta | None = None
+    expires_at: datetime | None = None
+    keep_ttl: bool = False
+    metadata: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class DeleteItem:
+    """One delete of a batch, optionally conditional on the key's version."""
+
+    key: str
+    expected_version: int | None = None
+
+
+@dataclass(frozen=True)
+class GetItem:
+    """One read inside `execute`."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """The outcome of one batch item, in request order."""
+
+    key: str
+    error: Exception | None
+    """The item's own error (a `StorageError`), or None when it succeeded."""
+    entry: Entry | None = None
+    """get: the entry read; set: the stored entry (without its value)."""
+    found: bool = False
+    deleted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """Whether this item succeeded."""
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """The outcome of a batch call: one result per item, in request order."""
+
+    results: tuple[ItemResult, ...]
+    revision: int
+    usage: QuotaUsage | None = None

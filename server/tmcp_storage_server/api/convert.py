@@ -8,9 +8,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
-from tmcp.storage.v1 import quota_pb2, types_pb2
+from google.rpc import status_pb2
+from tmcp.storage.v1 import batch_pb2, kv_pb2, quota_pb2, types_pb2
 
-from tmcp_storage_server.errors import InvalidArgument
+from tmcp_storage_server.api.errors import OK_STATUS, to_status
+from tmcp_storage_server.core.commands import PutCommand
+from tmcp_storage_server.errors import InvalidArgument, StorageError
 from tmcp_storage_server.model import Entry, LimitOverrides, QuotaUsage, Space
 
 _MAX_SAFE_INT = 2**53
@@ -156,3 +159,26 @@ def overrides_out(value: LimitOverrides) -> quota_pb2.QuotaLimits:
     if value.max_value_bytes is not None:
         message.max_value_bytes = value.max_value_bytes
     return message
+
+
+def put_command(message: kv_pb2.PutRequest | batch_pb2.BatchSetItem) -> PutCommand:
+    """A Put, from a PutRequest or a BatchSetItem (they share their field names)."""
+    value, is_json = value_in(message.value)
+    return PutCommand(
+        key=message.key,
+        value=value,
+        content_type=message.content_type,
+        is_json=is_json,
+        expected_version=(
+            message.expected_version if message.HasField("expected_version") else None
+        ),
+        ttl=ttl(message.ttl, message.HasField("ttl")),
+        expires_at=expires_at(message.expires_at, message.HasField("expires_at")),
+        keep_ttl=message.keep_ttl,
+        metadata=dict(message.metadata),
+    )
+
+
+def status(error: StorageError | None) -> status_pb2.Status:
+    """The per-item status of a batch result (code 0 when it succeeded)."""
+    return OK_STATUS if error is None else to_status(error)

@@ -7,7 +7,7 @@ from tmcp.storage.v1 import kv_pb2, kv_pb2_grpc
 from tmcp_storage_server.api import convert
 from tmcp_storage_server.api.auth import TokenVerifier
 from tmcp_storage_server.api.handler import unary
-from tmcp_storage_server.core.commands import DeleteCommand, PutCommand, TouchCommand
+from tmcp_storage_server.core.commands import DeleteCommand, TouchCommand
 from tmcp_storage_server.core.kv import KeyValueService
 from tmcp_storage_server.model import Principal
 
@@ -28,20 +28,7 @@ class KeyValueServicer(kv_pb2_grpc.KeyValueServicer):
 
     @unary
     async def Put(self, request: kv_pb2.PutRequest, principal: Principal) -> kv_pb2.PutResponse:
-        value, is_json = convert.value_in(request.value)
-        command = PutCommand(
-            key=request.key,
-            value=value,
-            content_type=request.content_type,
-            is_json=is_json,
-            expected_version=(
-                request.expected_version if request.HasField("expected_version") else None
-            ),
-            ttl=convert.ttl(request.ttl, request.HasField("ttl")),
-            expires_at=convert.expires_at(request.expires_at, request.HasField("expires_at")),
-            keep_ttl=request.keep_ttl,
-            metadata=dict(request.metadata),
-        )
+        command = convert.put_command(request)
         result = await self.service.put(principal, convert.space(request.space), command)
         assert result.entry is not None
         return kv_pb2.PutResponse(

@@ -11,6 +11,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from tmcp.storage.v1 import (
     batch_pb2,
+    batch_pb2_grpc,
     kv_pb2,
     kv_pb2_grpc,
     quota_pb2,
@@ -18,6 +19,7 @@ from tmcp.storage.v1 import (
     sync_pb2,
 )
 
+from tmcp_storage_server.api.batch import BatchServicer
 from tmcp_storage_server.api.errors import DOMAIN
 from tmcp_storage_server.api.kv import KeyValueServicer
 from tmcp_storage_server.api.quota import QuotaServicer
@@ -71,6 +73,7 @@ def _unimplemented(service: Any) -> grpc.GenericRpcHandler[Any, Any]:
 def build_server(
     *,
     kv: KeyValueServicer,
+    batch: BatchServicer,
     quota: QuotaServicer,
     health_servicer: Any,
     options: Sequence[tuple[str, Any]] = (),
@@ -85,10 +88,10 @@ def build_server(
         ]
     )
     kv_pb2_grpc.add_KeyValueServicer_to_server(kv, server)
+    batch_pb2_grpc.add_BatchServicer_to_server(batch, server)
     quota_pb2_grpc.add_QuotaServicer_to_server(quota, server)
     server.add_generic_rpc_handlers(
         [
-            _unimplemented(batch_pb2.DESCRIPTOR.services_by_name["Batch"]),
             _unimplemented(sync_pb2.DESCRIPTOR.services_by_name["Sync"]),
         ]
     )

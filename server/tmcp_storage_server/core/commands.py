@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from tmcp_storage_server.errors import StorageError
 from tmcp_storage_server.model import Entry, QuotaUsage
 
 
@@ -69,3 +70,43 @@ class ListPage:
     revision: int
     entries: list[Entry]
     next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class GetCommand:
+    """Read one key inside a batch."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class BadOperation:
+    """A batch item the api could not decode: it fails with ``error`` (per item unless
+    the batch is atomic)."""
+
+    key: str
+    error: StorageError
+
+
+Operation = GetCommand | PutCommand | DeleteCommand | BadOperation
+"""One step of a batch."""
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """The outcome of one batch item: ``error`` is None when it succeeded."""
+
+    key: str
+    error: StorageError | None = None
+    entry: Entry | None = None
+    found: bool = False
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """The outcome of a batch: one result per item, in request order."""
+
+    revision: int
+    results: list[ItemResult]
+    usage: QuotaUsage | None = None

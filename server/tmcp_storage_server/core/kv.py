@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from tmcp_storage_server.core import validate
+from tmcp_storage_server.core import mutations, validate
 from tmcp_storage_server.core.access import Action, authorize
 from tmcp_storage_server.core.commands import (
     DeleteCommand,
@@ -18,9 +18,7 @@ from tmcp_storage_server.core.pagination import PageToken
 from tmcp_storage_server.core.ports import Clock, Repository
 from tmcp_storage_server.core.writes import (
     Writer,
-    build_put,
     build_tombstone,
-    check_version,
 )
 from tmcp_storage_server.errors import InvalidArgument, NotFound
 from tmcp_storage_server.model import ChangeOp, Entry, Principal, Space
@@ -65,11 +63,7 @@ class KeyValueService:
         authorize(principal, validate.space(space), Action.WRITE)
         cmd = validate_put(cmd)
         async with self._writer.session(space, self._clock.now()) as session:
-            validate.value(cmd.value, cmd.content_type, max_bytes=session.limits.max_value_bytes)
-            current = (await session.load([cmd.key])).get(cmd.key)
-            check_version(cmd.key, current, cmd.expected_version, session.now)
-            entry = build_put(cmd, current, now=session.now, revision=session.next_revision)
-            session.stage(entry, current, ChangeOp.PUT)
+            entry = await mutations.put(session, cmd)
         return WriteResult(revision=session.revision, usage=session.usage, entry=entry)
 
     async def delete(self, principal: Principal, space: Space, cmd: DeleteCommand) -> WriteResult:
@@ -77,15 +71,7 @@ class KeyValueService:
         authorize(principal, validate.space(space), Action.WRITE)
         validate.key(cmd.key)
         async with self._writer.session(space, self._clock.now()) as session:
-            current = (await session.load([cmd.key])).get(cmd.key)
-            check_version(cmd.key, current, cmd.expected_version, session.now)
-            deleted = current is not None and current.live_at(session.now)
-            if deleted:
-                assert current is not None
-                tomb = build_tombstone(
-                    current, now=session.now, revision=session.next_revision, bump=True
-                )
-                session.stage(tomb, current, ChangeOp.DELETE)
+            deleted = await mutations.delete(session, cmd)
         return WriteResult(revision=session.revision, usage=session.usage, deleted=deleted)
 
     async def touch(self, principal: Principal, space: Space, cmd: TouchCommand) -> WriteResult:

@@ -84,6 +84,13 @@ class Repository(Protocol):
         """The live entry of ``key`` (with value) or None, and the space revision."""
         ...
 
+    async def get_many(
+        self, space: Space, keys: Sequence[str], now: datetime
+    ) -> tuple[dict[str, Entry], int]:
+        """The live entries (with values) of those ``keys`` that exist, and the revision,
+        read in one snapshot."""
+        ...
+
     async def list_entries(
         self,
         space: Space,

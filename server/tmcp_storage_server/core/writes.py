@@ -125,6 +125,7 @@ class WriteSession:
         self._used_bytes = tx.state.used_bytes
         self._used_keys = tx.state.used_keys
         self._staged: dict[str, _Staged] = {}
+        self._loaded: dict[str, Entry | None] = {}
 
     @property
     def next_revision(self) -> int:
@@ -163,13 +164,21 @@ class WriteSession:
         return len(due)
 
     async def load(self, keys: Sequence[str]) -> dict[str, Entry]:
-        """Stored entries of ``keys``, seeing what this session staged."""
-        missing = [k for k in keys if k not in self._staged]
-        found = await self._tx.load(missing) if missing else {}
+        """Stored entries of ``keys``, seeing what this session staged. Each key is read
+        from the database at most once per session: load a batch's keys up front."""
+        missing = [
+            k for k in dict.fromkeys(keys) if k not in self._staged and k not in self._loaded
+        ]
+        if missing:
+            found = await self._tx.load(missing)
+            for k in missing:
+                self._loaded[k] = found.get(k)
+        result: dict[str, Entry] = {}
         for k in keys:
-            if k in self._staged:
-                found[k] = self._staged[k].entry
-        return found
+            entry = self._staged[k].entry if k in self._staged else self._loaded.get(k)
+            if entry is not None:
+                result[k] = entry
+        return result
 
     async def load_prefix(self, prefix: str) -> list[Entry]:
         """Live entries under ``prefix`` (values not loaded)."""
@@ -183,12 +192,24 @@ class WriteSession:
         *,
         client_id: str = "",
         mutation_id: int = 0,
+        check_quota: bool = False,
     ) -> None:
-        """Stage ``entry`` to replace ``previous`` (as loaded) under the next revision."""
-        first = self._staged.get(entry.key)
-        before = first.previous if first is not None else previous
+        """Stage ``entry`` to replace ``previous`` (as loaded) under the next revision.
+        With ``check_quota``, refuse (and leave unstaged) a write that would take the
+        staged total over a limit; otherwise quota is checked once, at commit."""
+        replaced = self._staged.get(entry.key)
+        before = replaced.previous if replaced is not None else previous
         change = Change(self.next_revision, entry.key, op, entry.version, client_id, mutation_id)
         self._staged[entry.key] = _Staged(entry, before, change)
+        if check_quota:
+            try:
+                self._check_quota()
+            except QuotaExceeded:
+                if replaced is None:
+                    del self._staged[entry.key]
+                else:
+                    self._staged[entry.key] = replaced
+                raise
 
     def _net_change(self) -> tuple[int, int]:
         bytes_delta = keys_delta = 0
@@ -204,17 +225,22 @@ class WriteSession:
                 keys_delta += 1
         return bytes_delta, keys_delta
 
-    async def commit(self) -> None:
-        """Check quota against the net change and save the staged writes."""
-        if not self._staged:
-            return
+    def _check_quota(self) -> tuple[int, int]:
+        """The usage after the staged writes; QuotaExceeded if a growing write passes a
+        limit (a write that shrinks usage is allowed even above a lowered limit)."""
         bytes_delta, keys_delta = self._net_change()
         used_bytes, used_keys = self._used_bytes + bytes_delta, self._used_keys + keys_delta
-        # A write that shrinks usage is allowed even above a limit that was lowered.
         if bytes_delta > 0 and used_bytes > self.limits.limit_bytes:
             raise QuotaExceeded(kind="bytes", usage=self.usage, requested=bytes_delta)
         if keys_delta > 0 and used_keys > self.limits.limit_keys:
             raise QuotaExceeded(kind="keys", usage=self.usage, requested=keys_delta)
+        return used_bytes, used_keys
+
+    async def commit(self) -> None:
+        """Check quota against the net change and save the staged writes."""
+        if not self._staged:
+            return
+        used_bytes, used_keys = self._check_quota()
         revision = self.next_revision
         await self._tx.save(
             revision=revision,
@@ -224,6 +250,7 @@ class WriteSession:
             used_keys=used_keys,
         )
         self.revision, self._used_bytes, self._used_keys = revision, used_bytes, used_keys
+        self._loaded.update((k, s.entry) for k, s in self._staged.items())
         self._staged.clear()
 
 

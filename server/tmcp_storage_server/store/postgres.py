@@ -294,6 +294,13 @@ class PostgresRepository:
         row = await self._one(sql.GET, _space_params(space, key=key, now=now))
         return (_entry(row[1:]) if row[1] is not None else None), row[0]
 
+    async def get_many(
+        self, space: Space, keys: Sequence[str], now: datetime
+    ) -> tuple[dict[str, Entry], int]:
+        """Live entries of ``keys`` and the space revision, in one statement."""
+        rows = await self._all(sql.GET_MANY, _space_params(space, keys=list(keys), now=now))
+        return {row[1]: _entry(row[1:]) for row in rows if row[1] is not None}, rows[0][0]
+
     async def list_entries(
         self,
         space: Space,

@@ -19,6 +19,11 @@ GET = _WITH_REVISION.format(
     space=SPACE,
     entries=f"SELECT {ENTRY_COLUMNS} FROM entries WHERE {SPACE} AND key = %(key)s AND {_LIVE}",
 )
+GET_MANY = _WITH_REVISION.format(
+    space=SPACE,
+    entries=f"""SELECT {ENTRY_COLUMNS} FROM entries
+      WHERE {SPACE} AND key = ANY(%(keys)s::text[]) AND {_LIVE}""",
+)
 # Lower bounds "key >= low AND key > after" are both index conditions: the btree scan
 # starts at the tighter of the two. Without a prefix there is no upper bound, and a
 # separate statement keeps "key < high" an index condition in generic plans too.

@@ -231,6 +231,16 @@ class SqliteRepository:
             row = conn.execute(sql.GET, _space_params(space, key=key, now=to_us(now))).fetchone()
             return (_entry(row) if row else None), self._state(conn, space).revision
 
+    async def get_many(
+        self, space: Space, keys: Sequence[str], now: datetime
+    ) -> tuple[dict[str, Entry], int]:
+        """Live entries of ``keys`` and the space revision, in one snapshot."""
+        params = _space_params(space, keys=json.dumps(list(keys)), now=to_us(now))
+        async with self._read() as conn:
+            rows = conn.execute(sql.GET_MANY, params)
+            found = {entry.key: entry for entry in map(_entry, rows)}
+            return found, self._state(conn, space).revision
+
     async def list_entries(
         self,
         space: Space,

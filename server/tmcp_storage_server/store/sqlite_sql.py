@@ -14,6 +14,8 @@ STATE = """SELECT s.revision, s.used_bytes, s.used_keys, s.limit_bytes, s.limit_
 APP_OVERRIDES = "SELECT limit_bytes, limit_keys, max_value_bytes FROM app_quotas WHERE app_id = ?"
 CREATE_SPACE = """INSERT OR IGNORE INTO spaces (user_id, app_id, created_at, updated_at)
   VALUES (:user_id, :app_id, :now, :now)"""
+GET_MANY = f"""SELECT {ENTRY_COLUMNS} FROM entries
+  WHERE {SPACE} AND key IN (SELECT value FROM json_each(:keys)) AND {_LIVE}"""
 GET = f"SELECT {ENTRY_COLUMNS} FROM entries WHERE {SPACE} AND key = :key AND {_LIVE}"
 _LIST_WHERE = f"""{SPACE} AND {_LIVE} AND key >= :low AND (:high IS NULL OR key < :high)
   AND (:after IS NULL OR key > :after) AND (:max_rev IS NULL OR create_revision <= :max_rev)

@@ -1,0 +1,150 @@
+"""Batch servicer: convert, call core, convert."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from tmcp.storage.v1 import batch_pb2, batch_pb2_grpc
+
+from tmcp_storage_server.api import convert
+from tmcp_storage_server.api.auth import TokenVerifier
+from tmcp_storage_server.api.handler import unary
+from tmcp_storage_server.core.batch import BatchService
+from tmcp_storage_server.core.commands import (
+    BadOperation,
+    DeleteCommand,
+    GetCommand,
+    ItemResult,
+    Operation,
+    PutCommand,
+)
+from tmcp_storage_server.errors import InvalidArgument, StorageError
+from tmcp_storage_server.model import Principal
+
+
+def _set(item: batch_pb2.BatchSetItem) -> PutCommand | BadOperation:
+    try:
+        return convert.put_command(item)
+    except StorageError as error:  # an undecodable value fails this item only
+        return BadOperation(item.key, error)
+
+
+def _delete(item: batch_pb2.BatchDeleteItem) -> DeleteCommand:
+    expected = item.expected_version if item.HasField("expected_version") else None
+    return DeleteCommand(item.key, expected)
+
+
+def _operation(op: batch_pb2.Operation) -> Operation:
+    kind = op.WhichOneof("kind")
+    if kind == "get":
+        return GetCommand(op.get.key)
+    if kind == "set":
+        return _set(op.set)
+    if kind == "delete":
+        return _delete(op.delete)
+    return BadOperation("", InvalidArgument("kind", "operation has no get, set or delete"))
+
+
+ResultT = TypeVar(
+    "ResultT", batch_pb2.BatchGetResult, batch_pb2.BatchSetResult, batch_pb2.OperationResult
+)
+
+
+def _with_entry(message: ResultT, result: ItemResult, *, with_value: bool) -> ResultT:
+    """``message`` with the item's entry filled in, when it has one."""
+    if result.entry is not None:
+        message.entry.CopyFrom(convert.entry(result.entry, with_value=with_value))
+    return message
+
+
+class BatchServicer(batch_pb2_grpc.BatchServicer):
+    """``tmcp.storage.v1.Batch``."""
+
+    def __init__(self, *, service: BatchService, auth: TokenVerifier) -> None:
+        self.service = service
+        self.auth = auth
+
+    @unary
+    async def BatchGet(
+        self, request: batch_pb2.BatchGetRequest, principal: Principal
+    ) -> batch_pb2.BatchGetResponse:
+        result = await self.service.batch_get(
+            principal, convert.space(request.space), list(request.keys)
+        )
+        return batch_pb2.BatchGetResponse(
+            header=convert.header(result.revision),
+            results=[
+                _with_entry(
+                    batch_pb2.BatchGetResult(
+                        key=r.key, found=r.found, status=convert.status(r.error)
+                    ),
+                    r,
+                    with_value=True,
+                )
+                for r in result.results
+            ],
+        )
+
+    @unary
+    async def BatchSet(
+        self, request: batch_pb2.BatchSetRequest, principal: Principal
+    ) -> batch_pb2.BatchSetResponse:
+        items = [_set(item) for item in request.items]
+        result = await self.service.batch_set(
+            principal, convert.space(request.space), items, request.atomic
+        )
+        return batch_pb2.BatchSetResponse(
+            header=convert.header(result.revision),
+            results=[
+                _with_entry(
+                    batch_pb2.BatchSetResult(key=r.key, status=convert.status(r.error)),
+                    r,
+                    with_value=False,
+                )
+                for r in result.results
+            ],
+            usage=convert.usage(result.usage) if result.usage else None,
+        )
+
+    @unary
+    async def BatchDelete(
+        self, request: batch_pb2.BatchDeleteRequest, principal: Principal
+    ) -> batch_pb2.BatchDeleteResponse:
+        items = [_delete(item) for item in request.items]
+        result = await self.service.batch_delete(
+            principal, convert.space(request.space), items, request.atomic
+        )
+        return batch_pb2.BatchDeleteResponse(
+            header=convert.header(result.revision),
+            results=[
+                batch_pb2.BatchDeleteResult(
+                    key=r.key, status=convert.status(r.error), deleted=r.deleted
+                )
+                for r in result.results
+            ],
+            usage=convert.usage(result.usage) if result.usage else None,
+        )
+
+    @unary
+    async def Execute(
+        self, request: batch_pb2.ExecuteRequest, principal: Principal
+    ) -> batch_pb2.ExecuteResponse:
+        operations = [_operation(op) for op in request.operations]
+        result = await self.service.execute(
+            principal, convert.space(request.space), operations, request.atomic
+        )
+        return batch_pb2.ExecuteResponse(
+            header=convert.header(result.revision),
+            results=[
+                _with_entry(
+                    batch_pb2.OperationResult(
+                        key=r.key, status=convert.status(r.error), found=r.found, deleted=r.deleted
+                    ),
+                    r,
+                    # a get returns the value; a set returns the entry without it
+                    with_value=isinstance(op, GetCommand),
+                )
+                for r, op in zip(result.results, operations, strict=True)
+            ],
+            usage=convert.usage(result.usage) if result.usage else None,
+        )

@@ -1,0 +1,40 @@
+"""What one Get, Put or Delete does inside a write session; shared by KeyValue and Batch."""
+
+from __future__ import annotations
+
+from tmcp_storage_server.core import validate
+from tmcp_storage_server.core.commands import DeleteCommand, PutCommand
+from tmcp_storage_server.core.writes import (
+    WriteSession,
+    build_put,
+    build_tombstone,
+    check_version,
+)
+from tmcp_storage_server.model import ChangeOp, Entry
+
+
+async def read(session: WriteSession, key: str) -> Entry | None:
+    """The live entry of ``key`` as this session sees it (its own writes included)."""
+    current = (await session.load([key])).get(key)
+    return current if current is not None and current.live_at(session.now) else None
+
+
+async def put(session: WriteSession, cmd: PutCommand, *, check_quota: bool = False) -> Entry:
+    """Stage a validated Put (see ``kv.validate_put``); the new entry."""
+    validate.value(cmd.value, cmd.content_type, max_bytes=session.limits.max_value_bytes)
+    current = (await session.load([cmd.key])).get(cmd.key)
+    check_version(cmd.key, current, cmd.expected_version, session.now)
+    entry = build_put(cmd, current, now=session.now, revision=session.next_revision)
+    session.stage(entry, current, ChangeOp.PUT, check_quota=check_quota)
+    return entry
+
+
+async def delete(session: WriteSession, cmd: DeleteCommand) -> bool:
+    """Stage a Delete; whether a live key was deleted (absent is not an error)."""
+    current = (await session.load([cmd.key])).get(cmd.key)
+    check_version(cmd.key, current, cmd.expected_version, session.now)
+    if current is None or not current.live_at(session.now):
+        return False
+    tomb = build_tombstone(current, now=session.now, revision=session.next_revision, bump=True)
+    session.stage(tomb, current, ChangeOp.DELETE)
+    return True
