@@ -10,13 +10,14 @@ GEN_PKG := $(GEN_DIR)/tmcp/storage/v1
 PROTO_DEPS := build/proto-deps
 PROTOS := $(wildcard protos/tmcp/storage/v1/*.proto)
 
-.PHONY: help install run test test-unit lint proto proto-check proto-deps bench clean
+.PHONY: help install run test test-unit lint proto proto-check proto-deps bench bench-quick clean
 
 help:
 	@echo "make run          start the server (SQLite under ./data unless STORAGE_DATABASE_URL)"
 	@echo "make test         run all tests (needs PostgreSQL and Redis on 127.0.0.1)"
 	@echo "make lint         ruff, mypy --strict, import-linter, buf lint, proto-check"
 	@echo "make proto        regenerate Python code from protos/"
+	@echo "make bench        benchmark against the echo ceiling and the one-query floor"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,7 +61,7 @@ proto-check: proto-deps
 lint: install proto-check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy server clients/python tests
+	$(VENV)/bin/mypy server clients/python tests bench
 	$(VENV)/bin/lint-imports
 	$(BUF) lint
 
@@ -69,6 +70,16 @@ test: $(VENV)/.installed node_modules/.installed
 
 test-unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+# h2load (Debian nghttp2-client) is the load generator: ~50 us of CPU per call.
+/usr/bin/h2load:
+	command -v h2load || { apt-get install -y -q nghttp2-client || sudo apt-get install -y -q nghttp2-client; }
+
+bench: $(VENV)/.installed /usr/bin/h2load
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+bench-quick: $(VENV)/.installed /usr/bin/h2load
+	$(PY) bench/run.py --quick
 
 clean:
 	rm -rf build .mypy_cache .pytest_cache .ruff_cache
