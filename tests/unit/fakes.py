@@ -89,7 +89,9 @@ class FakeRepository:
         self.spaces: dict[Space, _Space] = {}
 
     @asynccontextmanager
-    async def transaction(self, space: Space) -> AsyncIterator[_Transaction]:
+    async def transaction(
+        self, space: Space, keys: Sequence[str] = ()
+    ) -> AsyncIterator[_Transaction]:
         current = self.spaces.setdefault(space, _Space())
         scratch = _Space(current.state, dict(current.entries), list(current.changes))
         yield _Transaction(scratch)

@@ -152,8 +152,9 @@ class BatchService:
         if unique_keys:
             _reject_duplicate_writes(field, operations)
         results: list[ItemResult] = []
-        async with self._writer.session(space, self._clock.now()) as session:
-            await session.load([p.key for p in prepared if not isinstance(p, StorageError)])
+        keys = list(dict.fromkeys(p.key for p in prepared if not isinstance(p, StorageError)))
+        async with self._writer.session(space, self._clock.now(), keys) as session:
+            await session.load(keys)
             for index, item in enumerate(prepared):
                 if isinstance(item, StorageError):
                     results.append(ItemResult(operations[index].key, error=item))

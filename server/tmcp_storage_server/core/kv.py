@@ -62,7 +62,7 @@ class KeyValueService:
         """Create or replace one key."""
         authorize(principal, validate.space(space), Action.WRITE)
         cmd = validate_put(cmd)
-        async with self._writer.session(space, self._clock.now()) as session:
+        async with self._writer.session(space, self._clock.now(), [cmd.key]) as session:
             entry = await mutations.put(session, cmd)
         return WriteResult(revision=session.revision, usage=session.usage, entry=entry)
 
@@ -70,7 +70,7 @@ class KeyValueService:
         """Delete one key; an absent key is ``deleted = False``, not an error."""
         authorize(principal, validate.space(space), Action.WRITE)
         validate.key(cmd.key)
-        async with self._writer.session(space, self._clock.now()) as session:
+        async with self._writer.session(space, self._clock.now(), [cmd.key]) as session:
             deleted = await mutations.delete(session, cmd)
         return WriteResult(revision=session.revision, usage=session.usage, deleted=deleted)
 
@@ -82,7 +82,7 @@ class KeyValueService:
             raise InvalidArgument(
                 "ttl", "set exactly one of ttl, expires_at and clear_ttl", reason="INVALID_TTL"
             )
-        async with self._writer.session(space, self._clock.now()) as session:
+        async with self._writer.session(space, self._clock.now(), [cmd.key]) as session:
             current = (await session.load([cmd.key])).get(cmd.key)
             if current is None or not current.live_at(session.now):
                 raise NotFound(cmd.key)

@@ -106,9 +106,12 @@ class Repository(Protocol):
         ``limit``, created at or before ``max_create_revision``; and the revision."""
         ...
 
-    def transaction(self, space: Space) -> AbstractAsyncContextManager[SpaceTransaction]:
+    def transaction(
+        self, space: Space, keys: Sequence[str] = ()
+    ) -> AbstractAsyncContextManager[SpaceTransaction]:
         """Begin a write transaction on ``space`` (created on first use). Commits on
-        normal exit, rolls back on an exception."""
+        normal exit, rolls back on an exception. ``keys`` are the keys the caller will
+        ``load``: a repository may read them while it takes the lock."""
         ...
 
     async def space_state(self, space: Space) -> SpaceState:

@@ -262,9 +262,12 @@ class Writer:
         self._defaults = defaults
 
     @asynccontextmanager
-    async def session(self, space: Space, now: datetime) -> AsyncIterator[WriteSession]:
-        """A session whose staged writes commit when the block exits normally."""
-        async with self._repository.transaction(space) as tx:
+    async def session(
+        self, space: Space, now: datetime, keys: Sequence[str] = ()
+    ) -> AsyncIterator[WriteSession]:
+        """A session whose staged writes commit when the block exits normally; ``keys``
+        (those the session will load) are read together with taking the lock."""
+        async with self._repository.transaction(space, keys) as tx:
             session = WriteSession(tx, now=now, limits=effective_limits(self._defaults, tx.state))
             await session.sweep_expired()
             yield session

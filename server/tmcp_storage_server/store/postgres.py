@@ -124,11 +124,19 @@ class _Transaction:
     """``SpaceTransaction`` on a connection inside sql.BEGIN, the space row locked."""
 
     def __init__(
-        self, conn: _Conn, space: Space, state: SpaceState, next_expiry: datetime | None
+        self,
+        conn: _Conn,
+        space: Space,
+        state: SpaceState,
+        next_expiry: datetime | None,
+        prefetched: dict[str, Entry | None],
     ) -> None:
         self._conn = conn
         self._space = space
         self.state = state
+        # Entries read while taking the lock; only the lock holder changes them, and
+        # save() keeps them current, so they stay valid until commit.
+        self._prefetched = prefetched
         # Only the holder of the space lock changes its entries, so the earliest expiry
         # read after locking stays a lower bound: no due entries before it, no query.
         self._next_expiry = next_expiry
@@ -148,8 +156,12 @@ class _Transaction:
         self._unsent.clear()
 
     async def load(self, keys: Sequence[str]) -> dict[str, Entry]:
-        rows = await self._rows(sql.LOAD, _space_params(self._space, keys=list(keys)))
-        return {entry.key: entry for entry in map(_entry, rows)}
+        missing = [k for k in keys if k not in self._prefetched]
+        found = {k: e for k in keys if (e := self._prefetched.get(k)) is not None}
+        if missing:
+            rows = await self._rows(sql.LOAD, _space_params(self._space, keys=missing))
+            found.update((entry.key, entry) for entry in map(_entry, rows))
+        return found
 
     async def load_prefix(self, prefix: str, now: datetime) -> list[Entry]:
         high = codec.prefix_upper_bound(prefix) if prefix else None
@@ -173,6 +185,9 @@ class _Transaction:
         used_keys: int,
     ) -> None:
         params = _save_params(self._space, revision, entries, changes)
+        for entry in entries:
+            if entry.key in self._prefetched:
+                self._prefetched[entry.key] = entry
         self._unsent.append({**params, "used_bytes": used_bytes, "used_keys": used_keys})
         expiries = [e.expires_at for e in entries if not e.deleted and e.expires_at is not None]
         if self._next_expiry is not None:
@@ -327,11 +342,14 @@ class PostgresRepository:
         return [_entry(r[1:]) for r in rows if r[1] is not None], rows[0][0]
 
     @asynccontextmanager
-    async def transaction(self, space: Space) -> AsyncIterator[_Transaction]:
-        """A write transaction holding the space row's lock."""
+    async def transaction(
+        self, space: Space, keys: Sequence[str] = ()
+    ) -> AsyncIterator[_Transaction]:
+        """A write transaction holding the space row's lock; ``keys`` are read in the
+        same round trip as the lock."""
         with translate(*_TRANSIENT):
             async with self._connection() as conn:
-                tx = await self._begin(conn, space)
+                tx = await self._begin(conn, space, keys)
                 try:
                     yield tx
                     await tx.commit()
@@ -339,22 +357,35 @@ class PostgresRepository:
                     await _rollback(conn)
                     raise
 
-    async def _begin(self, conn: _Conn, space: Space) -> _Transaction:
-        # sql.BEGIN, INSERT .. ON CONFLICT DO NOTHING, SELECT .. FOR UPDATE and the next
-        # expiry in one round trip. The SELECT is a statement of its own so that it takes
-        # a snapshot after the INSERT (which waits for a concurrent creator of the space)
-        # and after the lock is granted; FOR UPDATE marks the row without writing a new
-        # version of it, as ON CONFLICT DO UPDATE would on every write.
-        params = _space_params(space)
+    async def _begin(self, conn: _Conn, space: Space, keys: Sequence[str]) -> _Transaction:
+        # One round trip: BEGIN, lock the space row (SELECT .. FOR UPDATE marks it without
+        # writing a new row version, as ON CONFLICT DO UPDATE would on every write), the
+        # next expiry, and the entries of ``keys``. Pipelined statements run in order, so
+        # the last two take their snapshots after the lock is granted. A space's first
+        # write finds no row: it inserts it and does the rest again under the lock.
+        params = _space_params(space, keys=list(keys))
+        state, next_expiry, rows = await self._lock(conn, params, create=False)
+        if state is None:
+            state, next_expiry, rows = await self._lock(conn, params, create=True)
+        assert state is not None, "the space row exists: inserted above"
+        prefetched: dict[str, Entry | None] = dict.fromkeys(keys)
+        prefetched.update((entry.key, entry) for entry in map(_entry, rows))
+        return _Transaction(conn, space, _state(state), _utc(next_expiry), prefetched)
+
+    async def _lock(
+        self, conn: _Conn, params: Mapping[str, Any], *, create: bool
+    ) -> tuple[_Row | None, datetime | None, list[_Row]]:
         async with conn.pipeline():
-            await conn.execute(sql.BEGIN)
-            await conn.execute(sql.CREATE_SPACE, params)
+            if create:
+                await conn.execute(sql.CREATE_SPACE, params)
+            else:
+                await conn.execute(sql.BEGIN)
             locked = await conn.execute(sql.LOCK_SPACE, params)
             expiry = await conn.execute(sql.NEXT_EXPIRY, params)
+            loaded = await conn.execute(sql.LOAD, params, binary=True) if params["keys"] else None
         state, next_expiry = await locked.fetchone(), await expiry.fetchone()
-        assert state is not None, "the space row exists: inserted above"
         assert next_expiry is not None, "an aggregate returns one row"
-        return _Transaction(conn, space, _state(state), _utc(next_expiry[0]))
+        return state, next_expiry[0], await loaded.fetchall() if loaded else []
 
     async def space_state(self, space: Space) -> SpaceState:
         """The space's row; a zero state (with the app's overrides) when it is new."""

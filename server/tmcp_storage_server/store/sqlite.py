@@ -267,8 +267,11 @@ class SqliteRepository:
             return entries, self._state(conn, space).revision
 
     @asynccontextmanager
-    async def transaction(self, space: Space) -> AsyncIterator[_Transaction]:
-        """A write transaction holding SQLite's write lock."""
+    async def transaction(
+        self, space: Space, keys: Sequence[str] = ()
+    ) -> AsyncIterator[_Transaction]:
+        """A write transaction holding SQLite's write lock (``keys`` are loaded on demand:
+        a local file has no round trips to save)."""
         async with self._lock:
             conn = self._w
             with translate(*_TRANSIENT):
