@@ -126,6 +126,7 @@ class WriteSession:
         self._used_keys = tx.state.used_keys
         self._staged: dict[str, _Staged] = {}
         self._loaded: dict[str, Entry | None] = {}
+        self._bytes_delta = self._keys_delta = 0
 
     @property
     def next_revision(self) -> int:
@@ -200,35 +201,39 @@ class WriteSession:
         replaced = self._staged.get(entry.key)
         before = replaced.previous if replaced is not None else previous
         change = Change(self.next_revision, entry.key, op, entry.version, client_id, mutation_id)
-        self._staged[entry.key] = _Staged(entry, before, change)
+        staged = _Staged(entry, before, change)
+        self._add(replaced, -1)
+        self._add(staged, +1)
+        self._staged[entry.key] = staged
         if check_quota:
             try:
                 self._check_quota()
             except QuotaExceeded:
+                self._add(staged, -1)
+                self._add(replaced, +1)
                 if replaced is None:
                     del self._staged[entry.key]
                 else:
                     self._staged[entry.key] = replaced
                 raise
 
-    def _net_change(self) -> tuple[int, int]:
-        bytes_delta = keys_delta = 0
-        for staged in self._staged.values():
-            old, new = staged.previous, staged.entry
-            old_live = old is not None and old.live_at(self.now)
-            if old_live:
-                assert old is not None
-                bytes_delta -= old.size
-                keys_delta -= 1
-            if not new.deleted:
-                bytes_delta += new.size
-                keys_delta += 1
-        return bytes_delta, keys_delta
+    def _add(self, staged: _Staged | None, sign: int) -> None:
+        """Add (or with ``sign`` -1 remove) a staged write's change to the running net
+        change in bytes and keys, so checks cost O(1) per item."""
+        if staged is None:
+            return
+        old, new = staged.previous, staged.entry
+        if old is not None and old.live_at(self.now):
+            self._bytes_delta -= sign * old.size
+            self._keys_delta -= sign
+        if not new.deleted:
+            self._bytes_delta += sign * new.size
+            self._keys_delta += sign
 
     def _check_quota(self) -> tuple[int, int]:
         """The usage after the staged writes; QuotaExceeded if a growing write passes a
         limit (a write that shrinks usage is allowed even above a lowered limit)."""
-        bytes_delta, keys_delta = self._net_change()
+        bytes_delta, keys_delta = self._bytes_delta, self._keys_delta
         used_bytes, used_keys = self._used_bytes + bytes_delta, self._used_keys + keys_delta
         if bytes_delta > 0 and used_bytes > self.limits.limit_bytes:
             raise QuotaExceeded(kind="bytes", usage=self.usage, requested=bytes_delta)
@@ -252,6 +257,7 @@ class WriteSession:
         self.revision, self._used_bytes, self._used_keys = revision, used_bytes, used_keys
         self._loaded.update((k, s.entry) for k, s in self._staged.items())
         self._staged.clear()
+        self._bytes_delta = self._keys_delta = 0
 
 
 class Writer:
