@@ -45,6 +45,8 @@ class Target:
     port: int = 0
     pid: int | None = None
     rss_mib: float = 0.0
+    full: bool = True
+    """Run every scenario; otherwise only Get (for cache configurations)."""
 
 
 @dataclass
@@ -131,14 +133,18 @@ def scenarios(echo: Target, floor: Target, storage: list[Target]) -> list[Scenar
         ),
     ]
     for target in storage:
-        rows += [
+        rows.append(
             Scenario(
                 "Get",
                 target,
                 "/tmcp.storage.v1.KeyValue/Get",
                 lambda u: kv_pb2.GetRequest(space=space(u), key="k"),
                 baseline="Get",
-            ),
+            )
+        )
+        if not target.full:
+            continue
+        rows += [
             Scenario(
                 "Get STRONG",
                 target,
