@@ -100,10 +100,16 @@ def test_database_outage_is_unavailable_and_not_serving(
         client.put("k", b"before")
         proxy.cut()
         with pytest.raises(Unavailable) as caught:
-            client.put("k", b"during")
+            client.put("k", b"during")  # on the connection that just broke
         assert caught.value.reason == "BACKEND_UNAVAILABLE"
         assert caught.value.retry_delay is not None
         _eventually(lambda: _health(server) == NOT_SERVING, why=server.log)
+        # Once the outage is known, calls fail fast rather than wait for a connection
+        # the pool cannot make (the client's 10 s deadline would end them otherwise).
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            client.put("k", b"during")
+        assert time.monotonic() - started < 5
         proxy.start()
         _eventually(lambda: _health(server) == SERVING)
         _eventually(lambda: _put_ok(client))

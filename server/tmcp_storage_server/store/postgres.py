@@ -58,7 +58,11 @@ _OPEN_TIMEOUT = 5.0
 _CONNECT_TIMEOUT = 5
 """Seconds to establish one connection, unless the URL says otherwise."""
 _ACQUIRE_TIMEOUT = 10.0
-"""Seconds a call waits for a free pooled connection."""
+"""Seconds a call waits for a free pooled connection (queueing behind busy ones)."""
+_ACQUIRE_TIMEOUT_DOWN = 0.5
+"""The same once the database has failed, until a query succeeds again: while it is
+unreachable the pool cannot make a connection, and calls must fail fast (UNAVAILABLE)
+rather than wait for one."""
 _PING_TIMEOUT = 2.0
 _CHECK_AFTER_IDLE = 2.0
 """A pooled connection idle longer than this is checked (one empty query) before use."""
@@ -209,6 +213,7 @@ class PostgresRepository:
         self._min_size = min_size
         self._max_size = max_size
         self._idle_since: weakref.WeakKeyDictionary[_Conn, float] = weakref.WeakKeyDictionary()
+        self._down = False
         self._pool = self._new_pool()
 
     def _new_pool(self) -> psycopg_pool.AsyncConnectionPool:
@@ -239,12 +244,18 @@ class PostgresRepository:
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[_Conn]:
-        async with self._pool.connection() as conn:
-            try:
-                yield conn
-            finally:
-                if conn.info.transaction_status == TransactionStatus.IDLE:
-                    self._idle_since[conn] = monotonic()  # else: checked before reuse
+        timeout = _ACQUIRE_TIMEOUT_DOWN if self._down else _ACQUIRE_TIMEOUT
+        try:
+            async with self._pool.connection(timeout=timeout) as conn:
+                try:
+                    yield conn
+                finally:
+                    if conn.info.transaction_status == TransactionStatus.IDLE:
+                        self._idle_since[conn] = monotonic()  # else: checked before reuse
+        except _TRANSIENT:
+            self._down = True
+            raise
+        self._down = False
 
     async def open(self) -> None:
         """Connect (failing within a few seconds if the database is unreachable) and
