@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -18,18 +19,23 @@ from tmcp_storage_server.api.auth import TokenVerifier
 from tmcp_storage_server.api.kv import KeyValueServicer
 from tmcp_storage_server.api.quota import QuotaServicer
 from tmcp_storage_server.api.server import SERVICE_NAMES, build_server
+from tmcp_storage_server.api.sync import SyncServicer
 from tmcp_storage_server.config import Config
 from tmcp_storage_server.core.clock import SystemClock
+from tmcp_storage_server.core.conflict_records import ConflictService
 from tmcp_storage_server.core.expiry import Sweeper
 from tmcp_storage_server.core.kv import KeyValueService
 from tmcp_storage_server.core.ports import Repository
 from tmcp_storage_server.core.quota import QuotaService
+from tmcp_storage_server.core.sync import SyncService
 from tmcp_storage_server.core.writes import Writer
 from tmcp_storage_server.errors import StorageError
 
 log = logging.getLogger("tmcp_storage_server")
 
 HEALTH_INTERVAL = 2.0
+COMPACT_INTERVAL = 60.0
+"""Seconds between history compactions (shorter when the retention is short)."""
 
 
 def build_repository(config: Config) -> Repository:
@@ -73,6 +79,11 @@ class App:
                 service=QuotaService(repository=repository, defaults=config.limits, clock=clock),
                 auth=auth,
             ),
+            sync=SyncServicer(
+                service=SyncService(repository=repository, writer=writer, clock=clock),
+                conflicts=ConflictService(repository=repository, writer=writer, clock=clock),
+                auth=auth,
+            ),
             health_servicer=health_servicer,
         )
         port = server.add_insecure_port(config.listen)
@@ -86,6 +97,7 @@ class App:
         app._tasks = [
             asyncio.create_task(app._watch_health(), name="health"),
             asyncio.create_task(app._sweep(sweeper), name="sweeper"),
+            asyncio.create_task(app._compact(clock), name="compactor"),
         ]
         log.info(
             "serving on %s (port %d), database %s",
@@ -131,6 +143,19 @@ class App:
                 log.warning("expiry sweep skipped: %s", exc.message)
             except Exception:
                 log.exception("expiry sweep failed")
+
+    async def _compact(self, clock: SystemClock) -> None:
+        retention = timedelta(seconds=self.config.history_retention)
+        interval = min(COMPACT_INTERVAL, max(0.2, self.config.history_retention / 4))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                now = clock.now()
+                await self._repository.compact(now - retention, now)
+            except StorageError as exc:
+                log.warning("history compaction skipped: %s", exc.message)
+            except Exception:
+                log.exception("history compaction failed")
 
     async def wait(self) -> None:
         """Until the server stops."""

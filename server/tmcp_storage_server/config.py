@@ -43,6 +43,9 @@ class Config:
     """``STORAGE_SWEEP_INTERVAL``: seconds between background sweeps of expired entries."""
     shutdown_grace: float = 10.0
     """``STORAGE_SHUTDOWN_GRACE``: seconds in-flight calls get to finish on shutdown."""
+    history_retention: float = 7 * 24 * 3600.0
+    """``STORAGE_HISTORY_RETENTION``: seconds of change history (tombstones, change rows,
+    push outcomes) kept for sync; an older Pull cursor gets a reset and a full snapshot."""
     db_pool_size: int = 10
     """``STORAGE_DB_POOL_SIZE``: PostgreSQL connections per process."""
     log_level: str = "INFO"
@@ -87,6 +90,7 @@ class Config:
             sweep_interval=_float(values, "STORAGE_SWEEP_INTERVAL", d.sweep_interval),
             shutdown_grace=_float(values, "STORAGE_SHUTDOWN_GRACE", d.shutdown_grace),
             db_pool_size=_int(values, "STORAGE_DB_POOL_SIZE", d.db_pool_size),
+            history_retention=_float(values, "STORAGE_HISTORY_RETENTION", d.history_retention),
             log_level=values.get("STORAGE_LOG_LEVEL", d.log_level).upper(),
         )
         if not 0 < config.limits.max_value_bytes <= MIB:

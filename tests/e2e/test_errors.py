@@ -175,7 +175,5 @@ def test_unimplemented_services_say_so(server: ServerProcess, app_id: str) -> No
         space = types_pb2.Space(app_id=app_id, user_id="alice")
         f = failure(lambda: batch.BatchGet(batch_pb2.BatchGetRequest(space=space)))
         assert (f.code, f.reason) == (Code.UNIMPLEMENTED, "NOT_IMPLEMENTED")
-        f = failure(lambda: sync.Pull(sync_pb2.PullRequest(space=space)))
-        assert f.code == Code.UNIMPLEMENTED
-        f = failure(lambda: list(sync.Watch(sync_pb2.WatchRequest(space=space))))
-        assert f.code == Code.UNIMPLEMENTED
+        f = failure(lambda: list(sync.Stream(iter([sync_pb2.StreamRequest()]))))
+        assert (f.code, f.reason) == (Code.UNIMPLEMENTED, "NOT_IMPLEMENTED")

@@ -72,6 +72,7 @@ class _Transaction:
         changes: Sequence[Change],
         used_bytes: int,
         used_keys: int,
+        retained: Sequence[Entry] = (),
     ) -> None:
         self.saves += 1
         for entry in entries:

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 import grpc.aio
 from google.protobuf.message import Message
-from tmcp.storage.v1 import kv_pb2_grpc, quota_pb2_grpc
+from tmcp.storage.v1 import kv_pb2_grpc, quota_pb2_grpc, sync_pb2_grpc
 
 from tmcp_storage._settings import Settings
 from tmcp_storage.calls import Call, ItemT, PagedCall, RequestT, ResponseT, ResultT
@@ -29,6 +29,7 @@ def _stubs(channel: grpc.Channel | grpc.aio.Channel) -> dict[str, Any]:
     return {
         "KeyValue": kv_pb2_grpc.KeyValueStub(channel),
         "Quota": quota_pb2_grpc.QuotaStub(channel),
+        "Sync": sync_pb2_grpc.SyncStub(channel),
     }
 
 

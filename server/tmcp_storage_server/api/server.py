@@ -16,11 +16,13 @@ from tmcp.storage.v1 import (
     quota_pb2,
     quota_pb2_grpc,
     sync_pb2,
+    sync_pb2_grpc,
 )
 
 from tmcp_storage_server.api.errors import DOMAIN
 from tmcp_storage_server.api.kv import KeyValueServicer
 from tmcp_storage_server.api.quota import QuotaServicer
+from tmcp_storage_server.api.sync import SyncServicer
 
 MAX_MESSAGE_BYTES = 20 * 1024 * 1024  # a 16 MiB batch plus framing and headers
 
@@ -72,6 +74,7 @@ def build_server(
     *,
     kv: KeyValueServicer,
     quota: QuotaServicer,
+    sync: SyncServicer,
     health_servicer: Any,
     options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.aio.Server:
@@ -86,11 +89,9 @@ def build_server(
     )
     kv_pb2_grpc.add_KeyValueServicer_to_server(kv, server)
     quota_pb2_grpc.add_QuotaServicer_to_server(quota, server)
+    sync_pb2_grpc.add_SyncServicer_to_server(sync, server)
     server.add_generic_rpc_handlers(
-        [
-            _unimplemented(batch_pb2.DESCRIPTOR.services_by_name["Batch"]),
-            _unimplemented(sync_pb2.DESCRIPTOR.services_by_name["Sync"]),
-        ]
+        [_unimplemented(batch_pb2.DESCRIPTOR.services_by_name["Batch"])]
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

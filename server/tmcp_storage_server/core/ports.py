@@ -9,18 +9,36 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from tmcp_storage_server.model import (
     AppUsage,
     Change,
+    ChangedKey,
+    Conflict,
     Entry,
     LimitOverrides,
+    Outcome,
     Space,
     SpaceState,
+    SyncClient,
     UsageDetail,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class ChangesPage:
+    """What ``changed_since`` read, and the space's state in the same snapshot."""
+
+    changes: list[ChangedKey]
+    revision: int
+    """The space revision."""
+    horizon: int
+    """Changes at or before this revision may have been forgotten (compacted)."""
+    horizon_time: datetime | None
+    open_conflicts: int
 
 
 class Clock(Protocol):
@@ -59,10 +77,45 @@ class SpaceTransaction(Protocol):
         changes: Sequence[Change],
         used_bytes: int,
         used_keys: int,
+        retained: Sequence[Entry] = (),
     ) -> None:
         """Upsert ``entries`` (tombstones included), append ``changes``, and set the
-        space's revision and usage counters. May be called more than once."""
+        space's revision and usage counters. May be called more than once. ``retained``
+        entries (with values) are kept as previous versions, the last ``RETAINED_VERSIONS``
+        of each key."""
         ...
+
+    async def sync_client(self, client_id: str) -> SyncClient | None:
+        """The client's row in this space, if it ever pushed."""
+        ...
+
+    async def save_sync_client(self, client: SyncClient) -> None:
+        """Create or update the client's row."""
+        ...
+
+    async def outcomes(self, client_id: str, first: int, last: int) -> list[Outcome]:
+        """Stored outcomes of the client's mutations ``first..last``, in id order."""
+        ...
+
+    async def save_outcomes(self, client_id: str, outcomes: Sequence[Outcome]) -> None:
+        """Store outcomes of newly applied mutations."""
+        ...
+
+    async def retained_value(self, key: str, version: int) -> bytes | None:
+        """The value ``key`` had at ``version``, if that version is retained."""
+        ...
+
+    async def conflict(self, conflict_id: str) -> Conflict | None:
+        """One conflict record of the space."""
+        ...
+
+    async def save_conflict(self, conflict: Conflict) -> None:
+        """Create or update a conflict record."""
+        ...
+
+
+RETAINED_VERSIONS = 5
+"""Previous versions kept per key, for three-way merges."""
 
 
 class Repository(Protocol):
@@ -124,4 +177,30 @@ class Repository(Protocol):
 
     async def spaces_with_expired(self, now: datetime, limit: int) -> list[Space]:
         """Spaces that hold live entries due to expire."""
+        ...
+
+    async def sync_client(self, space: Space, client_id: str) -> SyncClient | None:
+        """A client's row in a space, without locking."""
+        ...
+
+    async def list_conflicts(
+        self, space: Space, *, prefix: str, include_resolved: bool, after: str, limit: int
+    ) -> list[Conflict]:
+        """Conflicts under ``prefix`` with ids after ``after``, in id order."""
+        ...
+
+    async def changed_since(
+        self, space: Space, *, revision: int, key: str, prefix: str, limit: int, now: datetime
+    ) -> ChangesPage:
+        """Keys (under ``prefix``) whose last change is after ``(revision, key)``, in
+        ``(revision, key)`` order, at most ``limit``, read in one snapshot."""
+        ...
+
+    async def mark_pulled(self, space: Space, client_id: str, now: datetime) -> int:
+        """Record a pull by an owned client; returns its last mutation id (0 if unknown)."""
+        ...
+
+    async def compact(self, before: datetime, now: datetime) -> int:
+        """Forget history older than ``before``: change rows, tombstones and push
+        outcomes, raising each touched space's horizon; returns rows removed."""
         ...

@@ -28,6 +28,20 @@ from tmcp_storage_server.model import (
     SpaceState,
 )
 
+RETAIN_MAX_BYTES = 64 * 1024
+"""Values up to this size are retained as previous versions (JSON only: what MERGE
+reads), so retention costs at most ``RETAINED_VERSIONS`` x 64 KiB per key."""
+
+
+def retainable(entry: Entry) -> bool:
+    """Whether a written version is kept for later three-way merges."""
+    return (
+        not entry.deleted
+        and entry.value is not None
+        and entry.is_json
+        and entry.size <= RETAIN_MAX_BYTES
+    )
+
 
 def checksum(data: bytes) -> str:
     """``sha256:<hex>`` of a value."""
@@ -127,6 +141,15 @@ class WriteSession:
         self._staged: dict[str, _Staged] = {}
 
     @property
+    def tx(self) -> SpaceTransaction:
+        """The locked transaction, for the sync records written with the entries."""
+        return self._tx
+
+    def discard(self) -> None:
+        """Drop what is staged and not yet committed (a mutation that failed)."""
+        self._staged.clear()
+
+    @property
     def next_revision(self) -> int:
         """The revision the staged writes will commit under."""
         return self.revision + 1
@@ -222,6 +245,7 @@ class WriteSession:
             changes=[s.change for s in self._staged.values()],
             used_bytes=used_bytes,
             used_keys=used_keys,
+            retained=[s.entry for s in self._staged.values() if retainable(s.entry)],
         )
         self.revision, self._used_bytes, self._used_keys = revision, used_bytes, used_keys
         self._staged.clear()

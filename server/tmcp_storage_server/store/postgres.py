@@ -33,15 +33,19 @@ import psycopg_pool
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
+from tmcp_storage_server.core.ports import RETAINED_VERSIONS, ChangesPage
 from tmcp_storage_server.model import (
     AppUsage,
     Change,
+    Conflict,
     ContentTypeUsage,
     Entry,
     LimitOverrides,
+    Outcome,
     Space,
     SpaceState,
     SpaceTotals,
+    SyncClient,
     UsageDetail,
 )
 from tmcp_storage_server.store import codec
@@ -69,6 +73,14 @@ _APPLICATION_NAME = "tmcp-storage"
 
 def _utc(moment: datetime | None) -> datetime | None:
     return None if moment is None else moment.astimezone(UTC)
+
+
+def _as_utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC)
+
+
+def _sync_client(row: Sequence[Any]) -> SyncClient:
+    return SyncClient(row[0], row[1], row[2], _utc(row[3]), _utc(row[4]))
 
 
 def _entry(row: Sequence[Any]) -> Entry:
@@ -132,7 +144,7 @@ class _Transaction:
         # Only the holder of the space lock changes its entries, so the earliest expiry
         # read after locking stays a lower bound: no due entries before it, no query.
         self._next_expiry = next_expiry
-        self._unsent: list[dict[str, Any]] = []
+        self._unsent: list[tuple[str, dict[str, Any]]] = []
 
     async def _rows(self, query: str, params: Mapping[str, Any]) -> list[_Row]:
         if not self._unsent:
@@ -143,9 +155,13 @@ class _Transaction:
         return await cursor.fetchall()
 
     async def _send_saves(self) -> None:
-        for params in self._unsent:
-            await self._conn.execute(sql.SAVE, params)
+        for query, params in self._unsent:
+            await self._conn.execute(query, params)
         self._unsent.clear()
+
+    async def _one_row(self, query: str, params: Mapping[str, Any]) -> _Row | None:
+        rows = await self._rows(query, params)
+        return rows[0] if rows else None
 
     async def load(self, keys: Sequence[str]) -> dict[str, Entry]:
         rows = await self._rows(sql.LOAD, _space_params(self._space, keys=list(keys)))
@@ -171,13 +187,79 @@ class _Transaction:
         changes: Sequence[Change],
         used_bytes: int,
         used_keys: int,
+        retained: Sequence[Entry] = (),
     ) -> None:
         params = _save_params(self._space, revision, entries, changes)
-        self._unsent.append({**params, "used_bytes": used_bytes, "used_keys": used_keys})
+        self._unsent.append(
+            (sql.SAVE, {**params, "used_bytes": used_bytes, "used_keys": used_keys})
+        )
+        if retained:
+            kept = _space_params(
+                self._space,
+                keys=[e.key for e in retained],
+                versions=[e.version for e in retained],
+                values=[e.value for e in retained],
+                content_types=[e.content_type for e in retained],
+                keep=RETAINED_VERSIONS,
+            )
+            self._unsent.append((sql.RETAIN, kept))
         expiries = [e.expires_at for e in entries if not e.deleted and e.expires_at is not None]
         if self._next_expiry is not None:
             expiries.append(self._next_expiry)
         self._next_expiry = min(expiries, default=None)
+
+    async def sync_client(self, client_id: str) -> SyncClient | None:
+        row = await self._one_row(sql.SYNC_CLIENT, _space_params(self._space, client_id=client_id))
+        return None if row is None else _sync_client(row)
+
+    async def save_sync_client(self, client: SyncClient) -> None:
+        params = _space_params(
+            self._space,
+            client_id=client.client_id,
+            owner=client.owner,
+            last_mutation_id=client.last_mutation_id,
+            last_push_at=client.last_push_at,
+            last_pull_at=client.last_pull_at,
+        )
+        self._unsent.append((sql.SAVE_SYNC_CLIENT, params))
+
+    async def outcomes(self, client_id: str, first: int, last: int) -> list[Outcome]:
+        params = _space_params(self._space, client_id=client_id, first=first, last=last)
+        return [codec.outcome_from_row(r) for r in await self._rows(sql.OUTCOMES, params)]
+
+    async def save_outcomes(self, client_id: str, outcomes: Sequence[Outcome]) -> None:
+        if not outcomes:
+            return
+        rows = [codec.outcome_params(o) for o in outcomes]
+        columns = {
+            "mutation_ids": "mutation_id",
+            "results": "result",
+            "keys": "key",
+            "versions": "version",
+            "conflict_ids": "conflict_id",
+            "kinds": "error_kind",
+            "reasons": "error_reason",
+            "messages": "error_message",
+            "metadata": "error_metadata",
+        }
+        params = {name: [r[column] for r in rows] for name, column in columns.items()}
+        self._unsent.append(
+            (sql.SAVE_OUTCOMES, _space_params(self._space, client_id=client_id, **params))
+        )
+
+    async def retained_value(self, key: str, version: int) -> bytes | None:
+        params = _space_params(self._space, key=key, version=version)
+        row = await self._one_row(sql.RETAINED, params)
+        return None if row is None else bytes(row[0])
+
+    async def conflict(self, conflict_id: str) -> Conflict | None:
+        params = _space_params(self._space, conflict_id=conflict_id)
+        row = await self._one_row(sql.CONFLICT, params)
+        return None if row is None else codec.conflict_from_row(row, _as_utc)
+
+    async def save_conflict(self, conflict: Conflict) -> None:
+        params = _space_params(self._space, **codec.conflict_params(conflict, _as_utc))
+        self._unsent.append((sql.SAVE_CONFLICT, params))
 
     async def commit(self) -> None:
         """Send held-back saves and sql.COMMIT in one round trip."""
@@ -356,14 +438,17 @@ class PostgresRepository:
     async def usage_detail(self, space: Space, now: datetime, top_keys: int) -> UsageDetail:
         """Usage by content type, expiring entries and the largest keys."""
         params = _space_params(space, now=now, top=top_keys)
-        by_type, expiring, largest = await self._snapshot(
-            (sql.USAGE_BY_TYPE, params), (sql.EXPIRING, params), (sql.LARGEST_KEYS, params)
+        by_type, expiring, largest, conflicts = await self._snapshot(
+            (sql.USAGE_BY_TYPE, params),
+            (sql.EXPIRING, params),
+            (sql.LARGEST_KEYS, params),
+            (sql.OPEN_CONFLICTS, params),
         )
         return UsageDetail(
             tuple(ContentTypeUsage(ct, size, count) for ct, size, count in by_type),
             expiring[0][0],
             expiring[0][1],
-            0,
+            conflicts[0][0],
             tuple((key, size) for key, size in largest),
         )
 
@@ -405,6 +490,56 @@ class PostgresRepository:
         """Spaces holding live entries past their expiry."""
         rows = await self._all(sql.SPACES_WITH_EXPIRED, {"now": now, "limit": limit})
         return [Space(app_id, user_id) for user_id, app_id in rows]
+
+    async def sync_client(self, space: Space, client_id: str) -> SyncClient | None:
+        """A client's row in a space."""
+        rows = await self._all(sql.SYNC_CLIENT, _space_params(space, client_id=client_id))
+        return _sync_client(rows[0]) if rows else None
+
+    async def list_conflicts(
+        self, space: Space, *, prefix: str, include_resolved: bool, after: str, limit: int
+    ) -> list[Conflict]:
+        """Conflicts of a space in id order."""
+        high = codec.prefix_upper_bound(prefix) if prefix else None
+        params = _space_params(
+            space, after=after, all=include_resolved, limit=limit, low=prefix, high=high
+        )
+        rows = await self._all(sql.LIST_CONFLICTS, params)
+        return [codec.conflict_from_row(r, _as_utc) for r in rows]
+
+    async def changed_since(
+        self, space: Space, *, revision: int, key: str, prefix: str, limit: int, now: datetime
+    ) -> ChangesPage:
+        """Keys changed after ``(revision, key)`` and the space's history, one snapshot."""
+        high = codec.prefix_upper_bound(prefix) if prefix else None
+        params = _space_params(
+            space, revision=revision, key=key, limit=limit, low=prefix, high=high
+        )
+        rows, history, conflicts = await self._snapshot(
+            (sql.CHANGED_SINCE, params), (sql.HISTORY, params), (sql.OPEN_CONFLICTS, params)
+        )
+        changes = [codec.changed_from_row(r, now, _as_utc) for r in rows]
+        revision_now, horizon, horizon_time = history[0]
+        return ChangesPage(changes, revision_now, horizon, _utc(horizon_time), conflicts[0][0])
+
+    async def mark_pulled(self, space: Space, client_id: str, now: datetime) -> int:
+        """Record a client's pull; its last mutation id."""
+        rows = await self._all(sql.MARK_PULLED, _space_params(space, client_id=client_id, now=now))
+        return int(rows[0][0]) if rows else 0
+
+    async def compact(self, before: datetime, now: datetime) -> int:
+        """Forget change rows, push outcomes and tombstones older than ``before``; each
+        space's tombstones under its row lock (the writers' lock order)."""
+        params = {"before": before, "now": now, "limit": 1000}
+        removed = int((await self._one(sql.COMPACT_LOGS, params))[0])
+        for user_id, app_id in await self._all(sql.OLD_TOMBSTONE_SPACES, params):
+            space_params = {**params, "user_id": user_id, "app_id": app_id}
+            with translate(*_TRANSIENT):
+                async with self._connection() as conn, conn.transaction():
+                    await conn.execute(sql.LOCK_SPACE_ONLY, space_params)
+                    row = await (await conn.execute(sql.COMPACT_SPACE, space_params)).fetchone()
+            removed += int(row[0]) if row else 0
+        return removed
 
 
 async def _rollback(conn: _Conn) -> None:
