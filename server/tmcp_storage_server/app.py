@@ -28,8 +28,10 @@ from tmcp_storage_server.core.kv import KeyValueService
 from tmcp_storage_server.core.ports import Repository
 from tmcp_storage_server.core.quota import QuotaService
 from tmcp_storage_server.core.sync import SyncService
+from tmcp_storage_server.core.watch import WatchService, WatchSettings
 from tmcp_storage_server.core.writes import Writer
 from tmcp_storage_server.errors import StorageError
+from tmcp_storage_server.store.change_feed import LocalChangeFeed
 
 log = logging.getLogger("tmcp_storage_server")
 
@@ -49,6 +51,17 @@ def build_repository(config: Config) -> Repository:
     return PostgresRepository(url=config.database_url, max_size=config.db_pool_size)
 
 
+async def build_feed(config: Config) -> LocalChangeFeed:
+    """In-process wake-ups; with PostgreSQL also LISTEN/NOTIFY across processes."""
+    if config.embedded:
+        return LocalChangeFeed()
+    from tmcp_storage_server.store.change_feed import PostgresChangeFeed
+
+    feed = PostgresChangeFeed(url=config.database_url)
+    await feed.start()
+    return feed
+
+
 @dataclass
 class App:
     """A running server and its background tasks."""
@@ -59,6 +72,8 @@ class App:
     _repository: Repository
     _health: Any  # grpc_health.v1.health.aio.HealthServicer (no stubs)
     _tasks: list[asyncio.Task[None]]
+    _feed: LocalChangeFeed
+    _watcher: WatchService
 
     @classmethod
     async def start(cls, config: Config) -> App:
@@ -67,7 +82,18 @@ class App:
         repository = build_repository(config)
         await repository.open()
         clock = SystemClock()
-        writer = Writer(repository=repository, defaults=config.limits)
+        feed = await build_feed(config)
+        writer = Writer(repository=repository, defaults=config.limits, feed=feed)
+        watcher = WatchService(
+            repository=repository,
+            feed=feed,
+            clock=clock,
+            settings=WatchSettings(
+                heartbeat=config.watch_heartbeat,
+                max_lag=config.watch_max_lag,
+                poll=config.watch_poll,
+            ),
+        )
         auth = TokenVerifier(secret=config.jwt_secret)
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         server = build_server(
@@ -82,17 +108,19 @@ class App:
             sync=SyncServicer(
                 service=SyncService(repository=repository, writer=writer, clock=clock),
                 conflicts=ConflictService(repository=repository, writer=writer, clock=clock),
+                watcher=watcher,
                 auth=auth,
             ),
             health_servicer=health_servicer,
         )
         port = server.add_insecure_port(config.listen)
         if port == 0:
+            await feed.stop()
             await repository.close()
             raise OSError(f"cannot listen on {config.listen}")
         await server.start()
         sweeper = Sweeper(repository=repository, writer=writer, clock=clock)
-        app = cls(config, port, server, repository, health_servicer, [])
+        app = cls(config, port, server, repository, health_servicer, [], feed, watcher)
         await app._set_serving(True)
         app._tasks = [
             asyncio.create_task(app._watch_health(), name="health"),
@@ -169,6 +197,8 @@ class App:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._watcher.close()  # streams end with UNAVAILABLE and their resume cursor
         await self._server.stop(self.config.shutdown_grace)
+        await self._feed.stop()
         await self._repository.close()
         log.info("stopped")

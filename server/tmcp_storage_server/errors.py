@@ -8,6 +8,7 @@
     ├── VersionMismatch               FAILED_PRECONDITION, VERSION_MISMATCH; current version
     ├── FailedPrecondition            FAILED_PRECONDITION (CONFLICT_RESOLVED)
     ├── QuotaExceeded                 RESOURCE_EXHAUSTED, QUOTA_BYTES / QUOTA_KEYS; usage
+    ├── SlowConsumer                  RESOURCE_EXHAUSTED, SLOW_CONSUMER; resume cursor
     ├── OutOfRange                    OUT_OF_RANGE (CURSOR_COMPACTED, MUTATION_GAP)
     ├── Unauthenticated               UNAUTHENTICATED, TOKEN_INVALID / TOKEN_EXPIRED
     ├── PermissionDenied              PERMISSION_DENIED, SCOPE_MISSING / SPACE_FORBIDDEN
@@ -124,6 +125,12 @@ class QuotaExceeded(StorageError):
         self.kind = kind
         self.usage = usage
         self.requested = requested
+
+
+class SlowConsumer(StorageError):
+    """A watcher fell too far behind; it may resume from the cursor in the metadata."""
+
+    default_reason = "SLOW_CONSUMER"
 
 
 class OutOfRange(StorageError):

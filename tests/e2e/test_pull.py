@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from tmcp_storage import Client, InvalidArgument, Mutation, Space
+from tmcp_storage import Client, InvalidArgument, Mutation, OutOfRange, Space
 
 from tests.e2e.conftest import ClientFactory
 from tests.e2e.harness import ServerProcess, token
@@ -115,6 +115,9 @@ def test_cursor_older_than_history_gets_reset_and_snapshot(
         assert snapshot == ["b", "c"]
         alice.put("d", b"v")
         assert [c.key for c in alice.pull(rest.cursor).changes] == ["d"]
+        with pytest.raises(OutOfRange) as caught:
+            next(iter(alice.watch(old)))
+        assert caught.value.reason == "CURSOR_COMPACTED"
 
 
 def test_admin_reads_a_users_changes(connect: ClientFactory, app_id: str, alice: Client) -> None:

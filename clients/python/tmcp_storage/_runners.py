@@ -22,7 +22,8 @@ from google.protobuf.message import Message
 from tmcp.storage.v1 import kv_pb2_grpc, quota_pb2_grpc, sync_pb2_grpc
 
 from tmcp_storage._settings import Settings
-from tmcp_storage.calls import Call, ItemT, PagedCall, RequestT, ResponseT, ResultT
+from tmcp_storage.calls import Call, ItemT, PagedCall, RequestT, ResponseT, ResultT, StreamCall
+from tmcp_storage.errors import from_rpc_error
 
 
 def _stubs(channel: grpc.Channel | grpc.aio.Channel) -> dict[str, Any]:
@@ -53,6 +54,19 @@ class BlockingRunner:
             response = self._invoke(call.service, call.method, request, timeout)
             yield from call.items(response)
             request = call.next_request(request, response)
+
+    def stream(self, call: StreamCall[ResponseT, ItemT]) -> Iterator[ItemT]:
+        """Yield an item per message until the server ends the stream; closing the
+        iterator cancels the call."""
+        stub_method = getattr(self._stubs[call.service], call.method)
+        responses = stub_method(call.request, metadata=self._settings.metadata())
+        try:
+            for response in responses:
+                yield call.parse(response)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from error
+        finally:
+            responses.cancel()
 
     def _invoke(self, service: str, method: str, request: Message, timeout: float | None) -> Any:
         stub_method = getattr(self._stubs[service], method)
@@ -87,6 +101,19 @@ class AsyncRunner:
             for item in call.items(response):
                 yield item
             request = call.next_request(request, response)
+
+    async def stream(self, call: StreamCall[ResponseT, ItemT]) -> AsyncIterator[ItemT]:
+        """Yield an item per message until the server ends the stream; closing the
+        iterator cancels the call."""
+        stub_method = getattr(self._stubs[call.service], call.method)
+        responses = stub_method(call.request, metadata=self._settings.metadata())
+        try:
+            async for response in responses:
+                yield call.parse(response)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from error
+        finally:
+            responses.cancel()
 
     async def _invoke(
         self, service: str, method: str, request: Message, timeout: float | None

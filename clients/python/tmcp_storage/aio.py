@@ -41,6 +41,7 @@ from tmcp_storage.sync_models import (
     PushResult,
     Strategy,
     SyncStatus,
+    WatchEvent,
 )
 from tmcp_storage.sync_operations import SyncOperations
 
@@ -323,3 +324,11 @@ class AsyncClient:
             conflict_id, resolution, value=value, content_type=content_type, space=space
         )
         return await self._runner.run(call, timeout)
+
+    def watch(
+        self, cursor: str = "", *, prefix: str = "", space: Space | None = None
+    ) -> AsyncIterator[WatchEvent]:
+        """Iterate over changes since `cursor` ("" = from now on), then live ones, with
+        heartbeats; every event's `cursor` resumes after it. Ends with an error: resume
+        with the last event's cursor (SLOW_CONSUMER, UNAVAILABLE at server shutdown)."""
+        return self._runner.stream(self._sync.watch(cursor, prefix=prefix, space=space))

@@ -36,6 +36,7 @@ from tmcp_storage.sync_models import (
     PushResult,
     Strategy,
     SyncStatus,
+    WatchEvent,
 )
 from tmcp_storage.sync_operations import SyncOperations
 
@@ -298,3 +299,11 @@ class Client:
             conflict_id, resolution, value=value, content_type=content_type, space=space
         )
         return self._runner.run(call, timeout)
+
+    def watch(
+        self, cursor: str = "", *, prefix: str = "", space: Space | None = None
+    ) -> Iterator[WatchEvent]:
+        """Iterate over changes since `cursor` ("" = from now on), then live ones, with
+        heartbeats; every event's `cursor` resumes after it. Ends with an error: resume
+        with the last event's cursor (SLOW_CONSUMER, UNAVAILABLE at server shutdown)."""
+        return self._runner.stream(self._sync.watch(cursor, prefix=prefix, space=space))

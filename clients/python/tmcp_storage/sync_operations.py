@@ -11,7 +11,7 @@ from google.rpc import status_pb2
 from tmcp.storage.v1 import sync_pb2, types_pb2
 
 from tmcp_storage import codec
-from tmcp_storage.calls import Call, PagedCall
+from tmcp_storage.calls import Call, PagedCall, StreamCall
 from tmcp_storage.errors import StorageError, build_error, decode_detail
 from tmcp_storage.models import Entry, Space
 from tmcp_storage.sync_models import (
@@ -131,11 +131,14 @@ class SyncOperations:
             parse=_resolved_entry,
         )
 
-    def watch_request(
+    def watch(
         self, cursor: str, *, prefix: str, space: Space | None
-    ) -> sync_pb2.WatchRequest:
-        """The request of a watch from `cursor`."""
-        return sync_pb2.WatchRequest(space=self._space_of(space), cursor=cursor, key_prefix=prefix)
+    ) -> StreamCall[sync_pb2.WatchResponse, WatchEvent]:
+        """Changes since `cursor` ("" = from now on), then live ones, with heartbeats."""
+        request = sync_pb2.WatchRequest(
+            space=self._space_of(space), cursor=cursor, key_prefix=prefix
+        )
+        return StreamCall(service="Sync", method="Watch", request=request, parse=watch_event)
 
 
 def encode_mutation(m: Mutation) -> sync_pb2.Mutation:

@@ -8,7 +8,7 @@ quota decisions are serialized per space and never made on stale data.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -39,6 +39,31 @@ class ChangesPage:
     """Changes at or before this revision may have been forgotten (compacted)."""
     horizon_time: datetime | None
     open_conflicts: int
+
+
+class Wakeup(Protocol):
+    """One subscriber's wake-up signal. A wake-up only says "read the log again": a
+    lost one delays a subscriber until its next poll, it never loses a change."""
+
+    async def wait(self, seconds: float) -> bool:
+        """Until woken (True, and the signal is consumed) or ``seconds`` pass (False)."""
+        ...
+
+
+class ChangeFeed(Protocol):
+    """Wakes the watchers of a space, in this process and in every other one."""
+
+    def subscribe(self, space: Space) -> AbstractContextManager[Wakeup]:
+        """A wake-up signal for commits to ``space`` while the block runs."""
+        ...
+
+    def notify(self, space: Space) -> None:
+        """A commit to ``space`` happened: wake its watchers everywhere (never blocks)."""
+        ...
+
+    def wake_all(self) -> None:
+        """Wake every subscriber (shutdown, or notifications may have been missed)."""
+        ...
 
 
 class Clock(Protocol):

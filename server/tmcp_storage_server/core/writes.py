@@ -16,7 +16,7 @@ from datetime import datetime
 
 from tmcp_storage_server.core import validate
 from tmcp_storage_server.core.commands import PutCommand
-from tmcp_storage_server.core.ports import Repository, SpaceTransaction
+from tmcp_storage_server.core.ports import ChangeFeed, Repository, SpaceTransaction
 from tmcp_storage_server.errors import AlreadyExists, QuotaExceeded, VersionMismatch
 from tmcp_storage_server.model import (
     Change,
@@ -252,17 +252,24 @@ class WriteSession:
 
 
 class Writer:
-    """Opens write sessions on a repository."""
+    """Opens write sessions on a repository; after a commit that changed the space, the
+    change feed (if any) wakes the space's watchers."""
 
-    def __init__(self, *, repository: Repository, defaults: QuotaLimits) -> None:
+    def __init__(
+        self, *, repository: Repository, defaults: QuotaLimits, feed: ChangeFeed | None = None
+    ) -> None:
         self._repository = repository
         self._defaults = defaults
+        self._feed = feed
 
     @asynccontextmanager
     async def session(self, space: Space, now: datetime) -> AsyncIterator[WriteSession]:
         """A session whose staged writes commit when the block exits normally."""
         async with self._repository.transaction(space) as tx:
             session = WriteSession(tx, now=now, limits=effective_limits(self._defaults, tx.state))
+            start = session.revision
             await session.sweep_expired()
             yield session
             await session.commit()
+        if self._feed is not None and session.revision != start:
+            self._feed.notify(space)
