@@ -176,4 +176,4 @@ def test_unimplemented_services_say_so(server: ServerProcess, app_id: str) -> No
         f = failure(lambda: batch.BatchGet(batch_pb2.BatchGetRequest(space=space)))
         assert (f.code, f.reason) == (Code.UNIMPLEMENTED, "NOT_IMPLEMENTED")
         f = failure(lambda: list(sync.Stream(iter([sync_pb2.StreamRequest()]))))
-        assert (f.code, f.reason) == (Code.UNIMPLEMENTED, "NOT_IMPLEMENTED")
+        assert (f.code, f.reason) == (Code.UNAUTHENTICATED, "TOKEN_INVALID")

@@ -1,36 +1,22 @@
-"""Sync servicer: convert, call core, convert (Stream: not yet)."""
+"""Sync servicer: convert, call core, convert. Watch and Stream live in ``streams``."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from grpc_status import rpc_status
 from tmcp.storage.v1 import sync_pb2, sync_pb2_grpc
 
 from tmcp_storage_server.api import convert, sync_convert
 from tmcp_storage_server.api.auth import TokenVerifier
-from tmcp_storage_server.api.errors import internal_status, not_implemented_status, to_status
 from tmcp_storage_server.api.handler import unary
+from tmcp_storage_server.api.streams import StreamHandlers
 from tmcp_storage_server.core.conflict_records import ConflictService
 from tmcp_storage_server.core.sync import SyncService
 from tmcp_storage_server.core.watch import WatchService
-from tmcp_storage_server.errors import InvalidArgument, StorageError
-from tmcp_storage_server.model import ConflictSide, ConflictStrategy, Principal, Resolution, Space
-
-log = logging.getLogger(__name__)
-
-LAG_CHECK = 0.5
-"""Seconds between lag checks while a watch message waits for its consumer."""
-
-
-def _strategy(value: int) -> ConflictStrategy:
-    if value not in ConflictStrategy._value2member_map_:
-        raise InvalidArgument("strategy", "unknown conflict strategy", reason="INVALID_STRATEGY")
-    return ConflictStrategy(value)
+from tmcp_storage_server.errors import InvalidArgument
+from tmcp_storage_server.model import ConflictSide, Principal, Resolution
 
 
 class SyncServicer(sync_pb2_grpc.SyncServicer):
@@ -46,7 +32,7 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
     ) -> None:
         self.service = service
         self.conflicts = conflicts
-        self.watcher = watcher
+        self.streams = StreamHandlers(sync=service, watcher=watcher, auth=auth)
         self.auth = auth
 
     @unary
@@ -58,7 +44,7 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
             convert.space(request.space),
             request.client_id,
             [sync_convert.mutation(m) for m in request.mutations],
-            _strategy(request.strategy),
+            sync_convert.strategy(request.strategy),
         )
         return sync_pb2.PushResponse(
             header=convert.header(report.revision),
@@ -156,58 +142,14 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
             response.entry.CopyFrom(convert.entry(result.entry, with_value=False))
         return response
 
-    async def Stream(
+    async def Stream(  # type: ignore[override]
         self,
         request_iterator: AsyncIterator[sync_pb2.StreamRequest],
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[sync_pb2.StreamResponse]:
-        status = rpc_status.to_status(not_implemented_status("Sync.Stream"))
-        await context.abort(status.code, status.details, status.trailing_metadata)
-        yield sync_pb2.StreamResponse()  # pragma: no cover - makes this a generator
+    ) -> None:
+        await self.streams.stream(request_iterator, context)
 
     async def Watch(  # type: ignore[override]
         self, request: sync_pb2.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
-        """Server-streaming: each event is written while a watchdog checks the lag, so a
-        consumer that stops reading is ended instead of holding the server's buffers."""
-        try:
-            principal = self.auth.authenticate(context.invocation_metadata())
-            space = convert.space(request.space)
-            events = self.watcher.watch(principal, space, request.cursor, request.key_prefix)
-            delivered = request.cursor
-            async for event in events:
-                message = sync_pb2.WatchResponse(
-                    changes=[sync_convert.change(c) for c in event.changes],
-                    cursor=event.cursor,
-                    heartbeat=event.heartbeat,
-                    header=convert.header(event.revision),
-                )
-                await self._write_watched(context, message, space, delivered)
-                delivered = event.cursor
-        except StorageError as exc:
-            status = to_status(exc)
-        except Exception:
-            log.exception("unexpected error in Watch")
-            status = internal_status()
-        rich = rpc_status.to_status(status)
-        await context.abort(rich.code, rich.details, rich.trailing_metadata)
-
-    async def _write_watched(
-        self,
-        context: grpc.aio.ServicerContext[Any, Any],
-        message: sync_pb2.WatchResponse,
-        space: Space,
-        delivered: str,
-    ) -> None:
-        write = asyncio.ensure_future(context.write(message))
-        while True:
-            done, _ = await asyncio.wait({write}, timeout=LAG_CHECK)
-            if done:
-                write.result()
-                return
-            if (
-                delivered
-                and await self.watcher.lag(space, delivered) > self.watcher.settings.max_lag
-            ):
-                write.cancel()
-                raise self.watcher.slow(delivered)
+        await self.streams.watch(request, context)

@@ -15,10 +15,18 @@ from tmcp_storage_server.model import (
     ChangedKey,
     Conflict,
     ConflictSide,
+    ConflictStrategy,
     MutationOp,
     PushResult,
     is_json_content_type,
 )
+
+
+def strategy(value: int) -> ConflictStrategy:
+    """A conflict strategy from the wire."""
+    if value not in ConflictStrategy._value2member_map_:
+        raise InvalidArgument("strategy", "unknown conflict strategy", reason="INVALID_STRATEGY")
+    return ConflictStrategy(value)
 
 
 def mutation(message: sync_pb2.Mutation) -> MutationCommand:

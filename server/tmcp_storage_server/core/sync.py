@@ -216,6 +216,17 @@ class SyncService:
             now=self._clock.now(),
         )
 
+    async def hello(self, principal: Principal, space: Space, client_id: str) -> SyncStatus:
+        """Open a Stream: the caller may write the space and owns (or will own) the id."""
+        authorize(principal, validate.space(space), Action.WRITE)
+        validate_client_id(client_id)
+        status = await self.status(principal, space, client_id)
+        if status.client is not None and status.client.owner != principal.subject:
+            raise PermissionDenied(
+                "client_id belongs to another user in this space", reason="CLIENT_FORBIDDEN"
+            )
+        return status
+
     async def status(self, principal: Principal, space: Space, client_id: str) -> SyncStatus:
         """The server cursor and what the server knows of a client."""
         authorize(principal, validate.space(space), Action.READ)
