@@ -330,3 +330,5 @@ class ChangedKey:
     """The live entry with its value, None for DELETE and EXPIRE."""
     client_id: str = ""
     mutation_id: int = 0
+    version: int = 0
+    """The key's version after the change (a tombstone keeps its version)."""

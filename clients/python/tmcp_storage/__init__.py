@@ -43,6 +43,7 @@ from tmcp_storage.models import (
     SpaceUsage,
     UsageInfo,
 )
+from tmcp_storage.offline import OfflineStore
 from tmcp_storage.sync_models import (
     Change,
     Conflict,
@@ -75,6 +76,7 @@ __all__ = [
     "Mutation",
     "MutationOutcome",
     "NotFound",
+    "OfflineStore",
     "OutOfRange",
     "PermissionDenied",
     "PullResult",

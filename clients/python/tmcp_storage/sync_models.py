@@ -85,6 +85,8 @@ class Change:
     """The entry with its value; None for `delete` and `expire`."""
     client_id: str
     mutation_id: int
+    version: int
+    """The key's version after the change (a deletion's too)."""
 
 
 @dataclass(frozen=True, kw_only=True)

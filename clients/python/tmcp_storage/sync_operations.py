@@ -194,6 +194,7 @@ def decode_change(message: sync_pb2.Change) -> Change:
         entry=codec.decode_entry(message.entry) if message.HasField("entry") else None,
         client_id=message.client_id,
         mutation_id=message.mutation_id,
+        version=message.version,
     )
 
 

@@ -63,7 +63,9 @@ def outcome(report: MutationReport) -> sync_pb2.MutationOutcome:
     if report.result is PushResult.DUPLICATE and report.outcome.result is not PushResult.DUPLICATE:
         message.original_result = int(report.outcome.result)  # type: ignore[assignment]
     if report.entry is not None:
-        message.entry.CopyFrom(convert.entry(report.entry, with_value=False))
+        # CONFLICT: the value the server kept, so the client can show and adopt it.
+        with_value = report.result is PushResult.CONFLICT
+        message.entry.CopyFrom(convert.entry(report.entry, with_value=with_value))
     if report.error is not None:
         message.status.CopyFrom(to_status(report.error))
     return message
@@ -77,6 +79,7 @@ def change(value: ChangedKey) -> sync_pb2.Change:
         revision=value.revision,
         client_id=value.client_id,
         mutation_id=value.mutation_id,
+        version=value.version,
     )
     if value.entry is not None:
         message.entry.CopyFrom(convert.entry(value.entry))

@@ -195,10 +195,18 @@ def changed_from_row(
     if entry.live_at(now):
         kind = ChangeOp(op) if op in (ChangeOp.PUT, ChangeOp.TOUCH) else ChangeOp.PUT
         return ChangedKey(
-            entry.key, kind, entry.mod_revision, entry, client_id or "", mutation_id or 0
+            entry.key,
+            kind,
+            entry.mod_revision,
+            entry,
+            client_id or "",
+            mutation_id or 0,
+            entry.version,
         )
     if entry.deleted:
         kind = ChangeOp.EXPIRE if op == ChangeOp.EXPIRE else ChangeOp.DELETE
     else:
         kind = ChangeOp.EXPIRE  # past its expiry, not yet swept
-    return ChangedKey(entry.key, kind, entry.mod_revision, None, client_id or "", mutation_id or 0)
+    return ChangedKey(
+        entry.key, kind, entry.mod_revision, None, client_id or "", mutation_id or 0, entry.version
+    )
