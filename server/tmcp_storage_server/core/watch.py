@@ -11,7 +11,7 @@ api layer ends a subscriber whose pending message waits while it falls more than
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from time import monotonic
 
@@ -88,7 +88,7 @@ class WatchService:
 
     async def watch(
         self, principal: Principal, space: Space, cursor: str, prefix: str
-    ) -> AsyncIterator[WatchEvent]:
+    ) -> AsyncGenerator[WatchEvent, None]:
         """Events from ``cursor`` ("" = from now on), until the caller stops or closes."""
         authorize(principal, validate.space(space), Action.READ)
         validate.prefix(prefix, "key_prefix")
