@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import random
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tmcp_storage import Client, MutationOutcome, Result, Strategy
+from tmcp_storage import (
+    Client,
+    MutationOutcome,
+    NotFound,
+    Result,
+    Space,
+    Strategy,
+    Unavailable,
+)
 from tmcp_storage.offline import OfflineStore
+
+from tests.e2e.harness import ServerProcess, token
 
 
 def test_offline_writes_survive_a_restart_and_sync(alice: Client, tmp_path: Path) -> None:
@@ -86,3 +99,75 @@ def test_stores_converge_after_random_offline_work(
         assert store.pending == 0
         assert dict(store.items()) == server
         store.close()
+
+
+def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_run_keeps_a_stream_open_both_ways(alice: Client, tmp_path: Path) -> None:
+    store = OfflineStore(str(tmp_path / "live.db"), alice, client_id="live")
+    store.put("queued", b"before")  # queued before the stream opens
+    stop = threading.Event()
+    runner = threading.Thread(target=store.run, args=(stop,))
+    runner.start()
+    try:
+        _eventually(lambda: _server_value(alice, "queued") == b"before")
+        alice.put("from-server", {"x": 1})
+        _eventually(lambda: store.get("from-server") == {"x": 1})
+        store.put("from-store", b"live")
+        _eventually(lambda: _server_value(alice, "from-store") == b"live")
+        _eventually(lambda: store.pending == 0)
+    finally:
+        stop.set()
+        runner.join(timeout=10)
+    assert not runner.is_alive()
+    store.close()
+
+
+def test_run_reconnects_and_resumes_after_a_server_restart(
+    database_url: str, app_id: str, tmp_path: Path
+) -> None:
+    first = ServerProcess(database_url).start()
+    port = first.port
+    space = Space(app_id, "alice")
+    client = Client(
+        first.target,
+        token=token(app_id, "alice"),
+        space=space,
+        retries=0,
+        options=[("grpc.max_reconnect_backoff_ms", 500)],
+    )
+    store = OfflineStore(str(tmp_path / "r.db"), client, client_id="r")
+    stop = threading.Event()
+    runner = threading.Thread(target=store.run, args=(stop,), kwargs={"max_delay": 0.5})
+    runner.start()
+    second: ServerProcess | None = None
+    try:
+        client.put("a", b"1")
+        _eventually(lambda: store.get("a") == b"1")
+        first.stop()
+        store.put("offline", b"queued while down")
+        second = ServerProcess(database_url, port=port).start()
+        _eventually(lambda: _server_value(client, "offline") == b"queued while down", 20)
+        client.put("b", b"2")
+        _eventually(lambda: store.get("b") == b"2")
+    finally:
+        stop.set()
+        runner.join(timeout=10)
+        first.stop()
+        if second is not None:
+            second.stop()
+        client.close()
+    assert not runner.is_alive()
+    store.close()
+
+
+def _server_value(client: Client, key: str) -> object:
+    try:
+        return client.get(key).value
+    except (NotFound, Unavailable):
+        return None

@@ -68,6 +68,12 @@ class BlockingRunner:
         finally:
             responses.cancel()
 
+    def bidi(self, service: str, method: str, requests: Iterator[Message]) -> Any:
+        """Open a bidi stream (for the offline store); the caller iterates and cancels
+        the returned call, and translates its errors."""
+        stub_method = getattr(self._stubs[service], method)
+        return stub_method(requests, metadata=self._settings.metadata())
+
     def _invoke(self, service: str, method: str, request: Message, timeout: float | None) -> Any:
         stub_method = getattr(self._stubs[service], method)
         attempts = self._settings.retry.start(self._settings.call_timeout(timeout))

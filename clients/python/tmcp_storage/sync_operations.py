@@ -161,25 +161,27 @@ def encode_mutation(m: Mutation) -> sync_pb2.Mutation:
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
-def _error(status: status_pb2.Status) -> StorageError:
+def decode_status(status: status_pb2.Status) -> StorageError:
+    """The error a `google.rpc.Status` inside a response stands for."""
     code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
     return build_error(code, status.message, [decode_detail(d) for d in status.details])
 
 
-def _outcome(message: sync_pb2.MutationOutcome) -> MutationOutcome:
+def decode_outcome(message: sync_pb2.MutationOutcome) -> MutationOutcome:
+    """One mutation outcome."""
     return MutationOutcome(
         mutation_id=message.mutation_id,
         result=_RESULTS.get(message.result, Result.UNSPECIFIED),
         original_result=_RESULTS.get(message.original_result, Result.UNSPECIFIED),
         entry=codec.decode_entry(message.entry) if message.HasField("entry") else None,
         conflict_id=message.conflict_id,
-        error=_error(message.status) if message.HasField("status") else None,
+        error=decode_status(message.status) if message.HasField("status") else None,
     )
 
 
 def _push_result(response: sync_pb2.PushResponse) -> PushResult:
     return PushResult(
-        outcomes=[_outcome(o) for o in response.outcomes],
+        outcomes=[decode_outcome(o) for o in response.outcomes],
         last_mutation_id=response.last_mutation_id,
         revision=response.header.revision,
     )
