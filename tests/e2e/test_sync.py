@@ -187,3 +187,19 @@ def test_blind_writes_never_conflict(alice: Client) -> None:
     alice.put("k", b"2")
     pushed = alice.push("phone", [_set(1, "k", b"3")], strategy=Strategy.MANUAL)
     assert pushed.outcomes[0].result == Result.APPLIED and not pushed.outcomes[0].conflict_id
+
+
+def test_a_merge_over_the_value_limit_is_rejected(
+    alice: Client, connect: ClientFactory, app_id: str
+) -> None:
+    admin = connect(app_id, "backend", "storage:admin", space=Space(app_id, "alice"))
+    admin.set_quota(space=Space(app_id, "alice"), max_value_bytes=60)
+    alice.put("doc", {"a": "x" * 20})
+    alice.put("doc", {"a": "x" * 20, "b": "y" * 20})
+    pushed = alice.push(
+        "phone", [_set(1, "doc", {"a": "x" * 20, "c": "z" * 20}, base=1)], strategy=Strategy.MERGE
+    )
+    assert pushed.outcomes[0].result == Result.REJECTED
+    assert isinstance(pushed.outcomes[0].error, InvalidArgument)
+    assert pushed.outcomes[0].error.reason == "VALUE_TOO_LARGE"
+    assert alice.get("doc").value == {"a": "x" * 20, "b": "y" * 20}

@@ -124,6 +124,8 @@ async def apply_mutation(
         base = await session.tx.retained_value(m.key, m.base_version)
         merged = merge_values(base, live.value, m.value) if live.is_json else None
         if merged is not None:
+            # The merge may outgrow the per-value limit: then it is REJECTED like any value.
+            validate.value(merged, JSON_CONTENT_TYPE, max_bytes=session.limits.max_value_bytes)
             put = replace(put, value=merged, content_type=JSON_CONTENT_TYPE, is_json=True)
     entry = stage_value(
         session, m.key, current, put, client_id=client_id, mutation_id=m.mutation_id
