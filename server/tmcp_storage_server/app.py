@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -19,19 +20,26 @@ from tmcp_storage_server.api.batch import BatchServicer
 from tmcp_storage_server.api.kv import KeyValueServicer
 from tmcp_storage_server.api.quota import QuotaServicer
 from tmcp_storage_server.api.server import SERVICE_NAMES, build_server
+from tmcp_storage_server.api.sync import SyncServicer
 from tmcp_storage_server.config import Config
 from tmcp_storage_server.core.batch import BatchService
 from tmcp_storage_server.core.clock import SystemClock
+from tmcp_storage_server.core.conflict_records import ConflictService
 from tmcp_storage_server.core.expiry import Sweeper
 from tmcp_storage_server.core.kv import KeyValueService
 from tmcp_storage_server.core.ports import Repository
 from tmcp_storage_server.core.quota import QuotaService
+from tmcp_storage_server.core.sync import SyncService
+from tmcp_storage_server.core.watch import WatchService, WatchSettings
 from tmcp_storage_server.core.writes import Writer
 from tmcp_storage_server.errors import StorageError
+from tmcp_storage_server.store.change_feed import LocalChangeFeed
 
 log = logging.getLogger("tmcp_storage_server")
 
 HEALTH_INTERVAL = 2.0
+COMPACT_INTERVAL = 60.0
+"""Seconds between history compactions (shorter when the retention is short)."""
 
 
 def build_repository(config: Config) -> Repository:
@@ -45,6 +53,17 @@ def build_repository(config: Config) -> Repository:
     return PostgresRepository(url=config.database_url, max_size=config.db_pool_size)
 
 
+async def build_feed(config: Config) -> LocalChangeFeed:
+    """In-process wake-ups; with PostgreSQL also LISTEN/NOTIFY across processes."""
+    if config.embedded:
+        return LocalChangeFeed()
+    from tmcp_storage_server.store.change_feed import PostgresChangeFeed
+
+    feed = PostgresChangeFeed(url=config.database_url)
+    await feed.start()
+    return feed
+
+
 @dataclass
 class App:
     """A running server and its background tasks."""
@@ -55,6 +74,8 @@ class App:
     _repository: Repository
     _health: Any  # grpc_health.v1.health.aio.HealthServicer (no stubs)
     _tasks: list[asyncio.Task[None]]
+    _feed: LocalChangeFeed
+    _watcher: WatchService
 
     @classmethod
     async def start(cls, config: Config) -> App:
@@ -63,7 +84,18 @@ class App:
         repository = build_repository(config)
         await repository.open()
         clock = SystemClock()
-        writer = Writer(repository=repository, defaults=config.limits)
+        feed = await build_feed(config)
+        writer = Writer(repository=repository, defaults=config.limits, feed=feed)
+        watcher = WatchService(
+            repository=repository,
+            feed=feed,
+            clock=clock,
+            settings=WatchSettings(
+                heartbeat=config.watch_heartbeat,
+                max_lag=config.watch_max_lag,
+                poll=config.watch_poll,
+            ),
+        )
         auth = TokenVerifier(secret=config.jwt_secret)
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         server = build_server(
@@ -79,19 +111,27 @@ class App:
                 service=QuotaService(repository=repository, defaults=config.limits, clock=clock),
                 auth=auth,
             ),
+            sync=SyncServicer(
+                service=SyncService(repository=repository, writer=writer, clock=clock),
+                conflicts=ConflictService(repository=repository, writer=writer, clock=clock),
+                watcher=watcher,
+                auth=auth,
+            ),
             health_servicer=health_servicer,
         )
         port = server.add_insecure_port(config.listen)
         if port == 0:
+            await feed.stop()
             await repository.close()
             raise OSError(f"cannot listen on {config.listen}")
         await server.start()
         sweeper = Sweeper(repository=repository, writer=writer, clock=clock)
-        app = cls(config, port, server, repository, health_servicer, [])
+        app = cls(config, port, server, repository, health_servicer, [], feed, watcher)
         await app._set_serving(True)
         app._tasks = [
             asyncio.create_task(app._watch_health(), name="health"),
             asyncio.create_task(app._sweep(sweeper), name="sweeper"),
+            asyncio.create_task(app._compact(clock), name="compactor"),
         ]
         log.info(
             "serving on %s (port %d), database %s",
@@ -138,6 +178,19 @@ class App:
             except Exception:
                 log.exception("expiry sweep failed")
 
+    async def _compact(self, clock: SystemClock) -> None:
+        retention = timedelta(seconds=self.config.history_retention)
+        interval = min(COMPACT_INTERVAL, max(0.2, self.config.history_retention / 4))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                now = clock.now()
+                await self._repository.compact(now - retention, now)
+            except StorageError as exc:
+                log.warning("history compaction skipped: %s", exc.message)
+            except Exception:
+                log.exception("history compaction failed")
+
     async def wait(self) -> None:
         """Until the server stops."""
         await self._server.wait_for_termination()
@@ -150,6 +203,8 @@ class App:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._watcher.close()  # streams end with UNAVAILABLE and their resume cursor
         await self._server.stop(self.config.shutdown_grace)
+        await self._feed.stop()
         await self._repository.close()
         log.info("stopped")

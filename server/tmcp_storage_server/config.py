@@ -43,6 +43,16 @@ class Config:
     """``STORAGE_SWEEP_INTERVAL``: seconds between background sweeps of expired entries."""
     shutdown_grace: float = 10.0
     """``STORAGE_SHUTDOWN_GRACE``: seconds in-flight calls get to finish on shutdown."""
+    history_retention: float = 7 * 24 * 3600.0
+    """``STORAGE_HISTORY_RETENTION``: seconds of change history (tombstones, change rows,
+    push outcomes) kept for sync; an older Pull cursor gets a reset and a full snapshot."""
+    watch_heartbeat: float = 15.0
+    """``STORAGE_WATCH_HEARTBEAT``: seconds of silence before a watch sends a heartbeat."""
+    watch_max_lag: int = 10_000
+    """``STORAGE_WATCH_MAX_LAG``: revisions a watcher may fall behind before it is ended
+    with RESOURCE_EXHAUSTED ``SLOW_CONSUMER`` and its resume cursor."""
+    watch_poll: float = 5.0
+    """``STORAGE_WATCH_POLL``: seconds between a watcher's reads when nothing woke it."""
     db_pool_size: int = 10
     """``STORAGE_DB_POOL_SIZE``: PostgreSQL connections per process."""
     log_level: str = "INFO"
@@ -87,6 +97,10 @@ class Config:
             sweep_interval=_float(values, "STORAGE_SWEEP_INTERVAL", d.sweep_interval),
             shutdown_grace=_float(values, "STORAGE_SHUTDOWN_GRACE", d.shutdown_grace),
             db_pool_size=_int(values, "STORAGE_DB_POOL_SIZE", d.db_pool_size),
+            watch_heartbeat=_float(values, "STORAGE_WATCH_HEARTBEAT", d.watch_heartbeat),
+            watch_max_lag=_int(values, "STORAGE_WATCH_MAX_LAG", d.watch_max_lag),
+            watch_poll=_float(values, "STORAGE_WATCH_POLL", d.watch_poll),
+            history_retention=_float(values, "STORAGE_HISTORY_RETENTION", d.history_retention),
             log_level=values.get("STORAGE_LOG_LEVEL", d.log_level).upper(),
         )
         if not 0 < config.limits.max_value_bytes <= MIB:

@@ -6,7 +6,9 @@
     ├── NotFound                      NOT_FOUND, KEY_NOT_FOUND
     ├── AlreadyExists                 ALREADY_EXISTS, KEY_EXISTS
     ├── VersionMismatch               FAILED_PRECONDITION, VERSION_MISMATCH; current version
+    ├── FailedPrecondition            FAILED_PRECONDITION (CONFLICT_RESOLVED)
     ├── QuotaExceeded                 RESOURCE_EXHAUSTED, QUOTA_BYTES / QUOTA_KEYS; usage
+    ├── SlowConsumer                  RESOURCE_EXHAUSTED, SLOW_CONSUMER; resume cursor
     ├── OutOfRange                    OUT_OF_RANGE (CURSOR_COMPACTED, MUTATION_GAP)
     ├── Unauthenticated               UNAUTHENTICATED, TOKEN_INVALID / TOKEN_EXPIRED
     ├── PermissionDenied              PERMISSION_DENIED, SCOPE_MISSING / SPACE_FORBIDDEN
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from tmcp_storage_server.model import QuotaUsage
+from tmcp_storage_server.model import QuotaUsage, Rejection
 
 
 class StorageError(Exception):
@@ -101,6 +103,12 @@ class VersionMismatch(StorageError):
         self.current = current
 
 
+class FailedPrecondition(StorageError):
+    """The target is not in the state the call needs (a conflict already resolved)."""
+
+    default_reason = "FAILED_PRECONDITION"
+
+
 class QuotaExceeded(StorageError):
     """The write would take the space over its byte or key limit."""
 
@@ -117,6 +125,12 @@ class QuotaExceeded(StorageError):
         self.kind = kind
         self.usage = usage
         self.requested = requested
+
+
+class SlowConsumer(StorageError):
+    """A watcher fell too far behind; it may resume from the cursor in the metadata."""
+
+    default_reason = "SLOW_CONSUMER"
 
 
 class OutOfRange(StorageError):
@@ -145,3 +159,32 @@ class Unavailable(StorageError):
     def __init__(self, message: str = "storage backend unavailable", *, retry_after: float = 1.0):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+def rejection(error: StorageError) -> Rejection:
+    """The storable form of a permanent failure."""
+    return Rejection(type(error).__name__, error.reason, error.message, dict(error.metadata))
+
+
+def from_rejection(stored: Rejection) -> StorageError:
+    """A stored failure as an error of its class again, for reporting (never raised)."""
+    kinds = {kind.__name__: kind for kind in _REPORTABLE}
+    error = StorageError.__new__(kinds.get(stored.kind, StorageError))
+    StorageError.__init__(error, stored.message, reason=stored.reason, metadata=stored.metadata)
+    if isinstance(error, InvalidArgument):
+        error.field = stored.metadata.get("field", "")
+    if isinstance(error, QuotaExceeded):
+        error.kind = "bytes" if stored.reason == "QUOTA_BYTES" else "keys"
+    return error
+
+
+_REPORTABLE: tuple[type[StorageError], ...] = (
+    InvalidArgument,
+    TooManyOperations,
+    NotFound,
+    AlreadyExists,
+    VersionMismatch,
+    FailedPrecondition,
+    QuotaExceeded,
+    OutOfRange,
+)

@@ -211,3 +211,124 @@ class Principal:
     subject: str
     app_id: str
     scopes: frozenset[Scope]
+
+
+class MutationOp(enum.IntEnum):
+    """What a pushed mutation does (values match the proto enum)."""
+
+    UNSPECIFIED = 0
+    SET = 1
+    DELETE = 2
+
+
+class ConflictStrategy(enum.IntEnum):
+    """How a conflicting mutation is settled (values match the proto enum)."""
+
+    UNSPECIFIED = 0
+    LAST_WRITE_WINS = 1
+    MERGE = 2
+    MANUAL = 3
+    KEEP_BOTH = 4
+
+
+class PushResult(enum.IntEnum):
+    """The outcome of one pushed mutation (values match the proto enum)."""
+
+    APPLIED = 1
+    DUPLICATE = 2
+    CONFLICT = 3
+    REJECTED = 4
+
+
+class ConflictState(enum.IntEnum):
+    """Whether a conflict still waits for ResolveConflict."""
+
+    OPEN = 1
+    RESOLVED = 2
+
+
+class Resolution(enum.IntEnum):
+    """Which side ResolveConflict keeps (values match the proto enum)."""
+
+    CLIENT = 1
+    SERVER = 2
+    VALUE = 3
+
+
+@dataclass(frozen=True, slots=True)
+class SyncClient:
+    """What the server knows of one client id in one space."""
+
+    client_id: str
+    owner: str
+    """The token ``sub`` that first pushed with this id in the space."""
+    last_mutation_id: int = 0
+    last_push_at: datetime | None = None
+    last_pull_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A permanent failure of a mutation, as stored (an ``errors.StorageError``)."""
+
+    kind: str
+    """The error class name, e.g. ``InvalidArgument``."""
+    reason: str
+    message: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The stored outcome of one pushed mutation."""
+
+    mutation_id: int
+    result: PushResult
+    key: str
+    version: int
+    """The key's version after the mutation (the server's, for CONFLICT)."""
+    conflict_id: str = ""
+    rejection: Rejection | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConflictSide:
+    """One side of a conflict: a value, or ``value is None`` for absent or deleted."""
+
+    value: bytes | None
+    content_type: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """The record of one conflicting mutation."""
+
+    conflict_id: str
+    key: str
+    strategy: ConflictStrategy
+    state: ConflictState
+    server: ConflictSide
+    """The server's value when the conflict arose (the overwritten one, unless MANUAL)."""
+    client: ConflictSide
+    """The mutation's value."""
+    client_id: str
+    mutation_id: int
+    base_version: int
+    created_at: datetime
+    resolved_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChangedKey:
+    """The current state of one key changed after a cursor (what Pull and Watch send)."""
+
+    key: str
+    op: ChangeOp
+    revision: int
+    entry: Entry | None
+    """The live entry with its value, None for DELETE and EXPIRE."""
+    client_id: str = ""
+    mutation_id: int = 0
+    version: int = 0
+    """The key's version after the change (a tombstone keeps its version)."""

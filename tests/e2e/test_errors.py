@@ -12,8 +12,6 @@ from google.protobuf import struct_pb2
 from tmcp.storage.v1 import (
     kv_pb2,
     kv_pb2_grpc,
-    sync_pb2,
-    sync_pb2_grpc,
     types_pb2,
 )
 
@@ -164,13 +162,3 @@ def test_version_mismatch(call) -> None:  # type: ignore[no-untyped-def]
     assert (violation.type, violation.subject) == ("VERSION", "k")
     f = failure(lambda: call("Delete", key="k", expected_version=9))
     assert f.reason == "VERSION_MISMATCH"
-
-
-def test_unimplemented_services_say_so(server: ServerProcess, app_id: str) -> None:
-    with grpc.insecure_channel(server.target) as channel:
-        sync = sync_pb2_grpc.SyncStub(channel)
-        space = types_pb2.Space(app_id=app_id, user_id="alice")
-        f = failure(lambda: sync.Pull(sync_pb2.PullRequest(space=space)))
-        assert (f.code, f.reason) == (Code.UNIMPLEMENTED, "NOT_IMPLEMENTED")
-        f = failure(lambda: list(sync.Watch(sync_pb2.WatchRequest(space=space))))
-        assert f.code == Code.UNIMPLEMENTED

@@ -7,9 +7,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+from tmcp_storage_server.core.ports import ChangesPage
 from tmcp_storage_server.model import (
     AppUsage,
     Change,
+    ChangedKey,
+    ChangeOp,
     Entry,
     LimitOverrides,
     Space,
@@ -72,6 +75,7 @@ class _Transaction:
         changes: Sequence[Change],
         used_bytes: int,
         used_keys: int,
+        retained: Sequence[Entry] = (),
     ) -> None:
         self.saves += 1
         for entry in entries:
@@ -115,3 +119,28 @@ class FakeRepository:
         self, app_id: str, user_id: str | None, overrides: LimitOverrides, reset: bool
     ) -> LimitOverrides:
         raise NotImplementedError
+
+    async def changed_since(
+        self, space: Space, *, revision: int, key: str, prefix: str, limit: int, now: datetime
+    ) -> ChangesPage:
+        data = self.spaces.get(space, _Space())
+        found = sorted(
+            (
+                e
+                for e in data.entries.values()
+                if (e.mod_revision, e.key.encode()) > (revision, key.encode())
+                and e.key.startswith(prefix)
+            ),
+            key=lambda e: (e.mod_revision, e.key.encode()),
+        )[:limit]
+        changes = [
+            ChangedKey(
+                e.key,
+                ChangeOp.PUT if e.live_at(now) else ChangeOp.DELETE,
+                e.mod_revision,
+                e if e.live_at(now) else None,
+                version=e.version,
+            )
+            for e in found
+        ]
+        return ChangesPage(changes, data.state.revision, 0, None, 0)

@@ -19,10 +19,11 @@ from typing import Any
 import grpc
 import grpc.aio
 from google.protobuf.message import Message
-from tmcp.storage.v1 import batch_pb2_grpc, kv_pb2_grpc, quota_pb2_grpc
+from tmcp.storage.v1 import batch_pb2_grpc, kv_pb2_grpc, quota_pb2_grpc, sync_pb2_grpc
 
 from tmcp_storage._settings import Settings
-from tmcp_storage.calls import Call, ItemT, PagedCall, RequestT, ResponseT, ResultT
+from tmcp_storage.calls import Call, ItemT, PagedCall, RequestT, ResponseT, ResultT, StreamCall
+from tmcp_storage.errors import from_rpc_error
 
 
 def _stubs(channel: grpc.Channel | grpc.aio.Channel) -> dict[str, Any]:
@@ -30,6 +31,7 @@ def _stubs(channel: grpc.Channel | grpc.aio.Channel) -> dict[str, Any]:
         "KeyValue": kv_pb2_grpc.KeyValueStub(channel),
         "Quota": quota_pb2_grpc.QuotaStub(channel),
         "Batch": batch_pb2_grpc.BatchStub(channel),
+        "Sync": sync_pb2_grpc.SyncStub(channel),
     }
 
 
@@ -53,6 +55,25 @@ class BlockingRunner:
             response = self._invoke(call.service, call.method, request, timeout)
             yield from call.items(response)
             request = call.next_request(request, response)
+
+    def stream(self, call: StreamCall[ResponseT, ItemT]) -> Iterator[ItemT]:
+        """Yield an item per message until the server ends the stream; closing the
+        iterator cancels the call."""
+        stub_method = getattr(self._stubs[call.service], call.method)
+        responses = stub_method(call.request, metadata=self._settings.metadata())
+        try:
+            for response in responses:
+                yield call.parse(response)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from error
+        finally:
+            responses.cancel()
+
+    def bidi(self, service: str, method: str, requests: Iterator[Message]) -> Any:
+        """Open a bidi stream (for the offline store); the caller iterates and cancels
+        the returned call, and translates its errors."""
+        stub_method = getattr(self._stubs[service], method)
+        return stub_method(requests, metadata=self._settings.metadata())
 
     def _invoke(self, service: str, method: str, request: Message, timeout: float | None) -> Any:
         stub_method = getattr(self._stubs[service], method)
@@ -87,6 +108,19 @@ class AsyncRunner:
             for item in call.items(response):
                 yield item
             request = call.next_request(request, response)
+
+    async def stream(self, call: StreamCall[ResponseT, ItemT]) -> AsyncIterator[ItemT]:
+        """Yield an item per message until the server ends the stream; closing the
+        iterator cancels the call."""
+        stub_method = getattr(self._stubs[call.service], call.method)
+        responses = stub_method(call.request, metadata=self._settings.metadata())
+        try:
+            async for response in responses:
+                yield call.parse(response)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from error
+        finally:
+            responses.cancel()
 
     async def _invoke(
         self, service: str, method: str, request: Message, timeout: float | None

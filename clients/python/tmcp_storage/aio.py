@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import grpc.aio
@@ -39,6 +39,16 @@ from tmcp_storage.models import (
     UsageInfo,
 )
 from tmcp_storage.operations import Operations
+from tmcp_storage.sync_models import (
+    Conflict,
+    Mutation,
+    PullResult,
+    PushResult,
+    Strategy,
+    SyncStatus,
+    WatchEvent,
+)
+from tmcp_storage.sync_operations import SyncOperations
 
 
 class AsyncClient:
@@ -78,6 +88,7 @@ class AsyncClient:
         self._lazy_runner: AsyncRunner | None = None
         self._closed = False
         self._ops = Operations(space=space)
+        self._sync = SyncOperations(space_of=self._ops.space)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -304,3 +315,76 @@ class AsyncClient:
         own earlier writes."""
         call = batching.execute(self._ops.space(space), operations, atomic=atomic)
         return await self._runner.run(call, timeout)
+
+    async def push(
+        self,
+        client_id: str,
+        mutations: Sequence[Mutation],
+        *,
+        strategy: Strategy | str = Strategy.DEFAULT,
+        space: Space | None = None,
+        timeout: float | None = None,
+    ) -> PushResult:
+        """Push queued mutations in order; ids rise by one. Safe to repeat after a lost
+        reply: already applied ids come back DUPLICATE with their first outcome."""
+        call = self._sync.push(client_id, mutations, strategy=Strategy(strategy), space=space)
+        return await self._runner.run(call, timeout)
+
+    async def pull(
+        self,
+        cursor: str = "",
+        *,
+        limit: int = 0,
+        client_id: str = "",
+        space: Space | None = None,
+        timeout: float | None = None,
+    ) -> PullResult:
+        """One page of keys changed since `cursor` ("" for everything)."""
+        call = self._sync.pull(cursor, limit=limit, client_id=client_id, space=space)
+        return await self._runner.run(call, timeout)
+
+    async def status(
+        self, client_id: str = "", *, space: Space | None = None, timeout: float | None = None
+    ) -> SyncStatus:
+        """The server's cursor and what it knows of `client_id`."""
+        return await self._runner.run(self._sync.status(client_id=client_id, space=space), timeout)
+
+    def conflicts(
+        self,
+        prefix: str = "",
+        *,
+        include_resolved: bool = False,
+        page_size: int = 100,
+        space: Space | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Conflict]:
+        """Iterate over conflict records (open ones unless `include_resolved`)."""
+        call = self._sync.conflicts(
+            prefix=prefix, include_resolved=include_resolved, page_size=page_size, space=space
+        )
+        return self._runner.pages(call, timeout)
+
+    async def resolve_conflict(
+        self,
+        conflict_id: str,
+        resolution: Literal["client", "server", "value"],
+        value: object = None,
+        *,
+        content_type: str | None = None,
+        space: Space | None = None,
+        timeout: float | None = None,
+    ) -> Entry | None:
+        """Settle an open conflict with the client's value, the server's, or `value`;
+        returns the new entry (None when the chosen side was a deletion)."""
+        call = self._sync.resolve_conflict(
+            conflict_id, resolution, value=value, content_type=content_type, space=space
+        )
+        return await self._runner.run(call, timeout)
+
+    def watch(
+        self, cursor: str = "", *, prefix: str = "", space: Space | None = None
+    ) -> AsyncIterator[WatchEvent]:
+        """Iterate over changes since `cursor` ("" = from now on), then live ones, with
+        heartbeats; every event's `cursor` resumes after it. Ends with an error: resume
+        with the last event's cursor (SLOW_CONSUMER, UNAVAILABLE at server shutdown)."""
+        return self._runner.stream(self._sync.watch(cursor, prefix=prefix, space=space))

@@ -47,3 +47,18 @@ class PagedCall(Generic[RequestT, ResponseT, ItemT]):
     """The items of one page, in order."""
     next_request: Callable[[RequestT, ResponseT], RequestT | None]
     """The request for the page after this one, or None after the last page."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamCall(Generic[ResponseT, ItemT]):
+    """A server-streaming RPC: every message is parsed into one item. No deadline (a
+    stream lasts until the caller stops reading) and no retries (resume from a cursor)."""
+
+    service: str
+    """The stub: `Sync`."""
+    method: str
+    """The stub's method name, e.g. `Watch`."""
+    request: Message
+    """The request message, complete."""
+    parse: Callable[[ResponseT], ItemT]
+    """Turns one message into one item."""

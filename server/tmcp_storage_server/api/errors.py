@@ -25,7 +25,9 @@ _CODES: tuple[tuple[type[errors.StorageError], grpc.StatusCode], ...] = (
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
     (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (errors.VersionMismatch, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.SlowConsumer, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.OutOfRange, grpc.StatusCode.OUT_OF_RANGE),
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
@@ -103,3 +105,11 @@ def internal_status() -> status_pb2.Status:
 
 
 OK_STATUS = status_pb2.Status(code=code_pb2.OK)
+
+
+def not_implemented_status(what: str) -> status_pb2.Status:
+    """UNIMPLEMENTED with ErrorInfo reason NOT_IMPLEMENTED, for parts not built yet."""
+    info = error_details_pb2.ErrorInfo(reason="NOT_IMPLEMENTED", domain=DOMAIN)
+    return status_pb2.Status(
+        code=code_pb2.UNIMPLEMENTED, message=f"{what} is not implemented yet", details=[_pack(info)]
+    )

@@ -6,8 +6,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from tmcp_storage_server.errors import StorageError
-from tmcp_storage_server.model import Entry, QuotaUsage
+from tmcp_storage_server.errors import InvalidArgument, StorageError
+from tmcp_storage_server.model import (
+    ChangedKey,
+    Entry,
+    MutationOp,
+    Outcome,
+    PushResult,
+    QuotaUsage,
+    SyncClient,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,3 +118,77 @@ class BatchResult:
     revision: int
     results: list[ItemResult]
     usage: QuotaUsage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MutationCommand:
+    """One queued client write, decoded from a Push."""
+
+    mutation_id: int
+    op: MutationOp
+    key: str
+    value: bytes = b""
+    content_type: str = ""
+    is_json: bool = False
+    ttl: timedelta | None = None
+    base_version: int | None = None
+    """The version the client last saw; None is a blind write (no conflict check)."""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    decode_error: InvalidArgument | None = None
+    """The mutation could not be decoded from the wire: it is REJECTED with this."""
+
+
+@dataclass(frozen=True, slots=True)
+class MutationReport:
+    """What Push answers for one mutation."""
+
+    result: PushResult
+    outcome: Outcome
+    """As stored; for DUPLICATE the one stored the first time (None if forgotten)."""
+    entry: Entry | None = None
+    """APPLIED: the new entry (no value); CONFLICT: the server's entry."""
+    error: StorageError | None = None
+    """REJECTED (or a DUPLICATE of one): why."""
+
+
+@dataclass(frozen=True, slots=True)
+class PushReport:
+    """The outcome of a Push."""
+
+    reports: list[MutationReport]
+    last_mutation_id: int
+    revision: int
+    usage: QuotaUsage
+
+
+@dataclass(frozen=True, slots=True)
+class PullPage:
+    """One Pull answer."""
+
+    changes: list[ChangedKey]
+    cursor: str
+    has_more: bool
+    reset: bool
+    last_mutation_id: int
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class SyncStatus:
+    """What GetStatus reports."""
+
+    revision: int
+    cursor: str
+    client: SyncClient | None
+    open_conflicts: int
+    horizon_revision: int
+    horizon_time: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveResult:
+    """The entry ResolveConflict wrote (None when the choice was a deletion)."""
+
+    revision: int
+    usage: QuotaUsage
+    entry: Entry | None

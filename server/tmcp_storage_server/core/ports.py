@@ -8,19 +8,62 @@ quota decisions are serialized per space and never made on stale data.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from tmcp_storage_server.model import (
     AppUsage,
     Change,
+    ChangedKey,
+    Conflict,
     Entry,
     LimitOverrides,
+    Outcome,
     Space,
     SpaceState,
+    SyncClient,
     UsageDetail,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class ChangesPage:
+    """What ``changed_since`` read, and the space's state in the same snapshot."""
+
+    changes: list[ChangedKey]
+    revision: int
+    """The space revision."""
+    horizon: int
+    """Changes at or before this revision may have been forgotten (compacted)."""
+    horizon_time: datetime | None
+    open_conflicts: int
+
+
+class Wakeup(Protocol):
+    """One subscriber's wake-up signal. A wake-up only says "read the log again": a
+    lost one delays a subscriber until its next poll, it never loses a change."""
+
+    async def wait(self, seconds: float) -> bool:
+        """Until woken (True, and the signal is consumed) or ``seconds`` pass (False)."""
+        ...
+
+
+class ChangeFeed(Protocol):
+    """Wakes the watchers of a space, in this process and in every other one."""
+
+    def subscribe(self, space: Space) -> AbstractContextManager[Wakeup]:
+        """A wake-up signal for commits to ``space`` while the block runs."""
+        ...
+
+    def notify(self, space: Space) -> None:
+        """A commit to ``space`` happened: wake its watchers everywhere (never blocks)."""
+        ...
+
+    def wake_all(self) -> None:
+        """Wake every subscriber (shutdown, or notifications may have been missed)."""
+        ...
 
 
 class Clock(Protocol):
@@ -59,10 +102,45 @@ class SpaceTransaction(Protocol):
         changes: Sequence[Change],
         used_bytes: int,
         used_keys: int,
+        retained: Sequence[Entry] = (),
     ) -> None:
         """Upsert ``entries`` (tombstones included), append ``changes``, and set the
-        space's revision and usage counters. May be called more than once."""
+        space's revision and usage counters. May be called more than once. ``retained``
+        entries (with values) are kept as previous versions, the last ``RETAINED_VERSIONS``
+        of each key."""
         ...
+
+    async def sync_client(self, client_id: str) -> SyncClient | None:
+        """The client's row in this space, if it ever pushed."""
+        ...
+
+    async def save_sync_client(self, client: SyncClient) -> None:
+        """Create or update the client's row."""
+        ...
+
+    async def outcomes(self, client_id: str, first: int, last: int) -> list[Outcome]:
+        """Stored outcomes of the client's mutations ``first..last``, in id order."""
+        ...
+
+    async def save_outcomes(self, client_id: str, outcomes: Sequence[Outcome]) -> None:
+        """Store outcomes of newly applied mutations."""
+        ...
+
+    async def retained_value(self, key: str, version: int) -> bytes | None:
+        """The value ``key`` had at ``version``, if that version is retained."""
+        ...
+
+    async def conflict(self, conflict_id: str) -> Conflict | None:
+        """One conflict record of the space."""
+        ...
+
+    async def save_conflict(self, conflict: Conflict) -> None:
+        """Create or update a conflict record."""
+        ...
+
+
+RETAINED_VERSIONS = 5
+"""Previous versions kept per key, for three-way merges."""
 
 
 class Repository(Protocol):
@@ -134,4 +212,30 @@ class Repository(Protocol):
 
     async def spaces_with_expired(self, now: datetime, limit: int) -> list[Space]:
         """Spaces that hold live entries due to expire."""
+        ...
+
+    async def sync_client(self, space: Space, client_id: str) -> SyncClient | None:
+        """A client's row in a space, without locking."""
+        ...
+
+    async def list_conflicts(
+        self, space: Space, *, prefix: str, include_resolved: bool, after: str, limit: int
+    ) -> list[Conflict]:
+        """Conflicts under ``prefix`` with ids after ``after``, in id order."""
+        ...
+
+    async def changed_since(
+        self, space: Space, *, revision: int, key: str, prefix: str, limit: int, now: datetime
+    ) -> ChangesPage:
+        """Keys (under ``prefix``) whose last change is after ``(revision, key)``, in
+        ``(revision, key)`` order, at most ``limit``, read in one snapshot."""
+        ...
+
+    async def mark_pulled(self, space: Space, client_id: str, now: datetime) -> int:
+        """Record a pull by an owned client; returns its last mutation id (0 if unknown)."""
+        ...
+
+    async def compact(self, before: datetime, now: datetime) -> int:
+        """Forget history older than ``before``: change rows, tombstones and push
+        outcomes, raising each touched space's horizon; returns rows removed."""
         ...

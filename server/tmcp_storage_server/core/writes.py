@@ -16,7 +16,7 @@ from datetime import datetime
 
 from tmcp_storage_server.core import validate
 from tmcp_storage_server.core.commands import PutCommand
-from tmcp_storage_server.core.ports import Repository, SpaceTransaction
+from tmcp_storage_server.core.ports import ChangeFeed, Repository, SpaceTransaction
 from tmcp_storage_server.errors import AlreadyExists, QuotaExceeded, VersionMismatch
 from tmcp_storage_server.model import (
     Change,
@@ -27,6 +27,20 @@ from tmcp_storage_server.model import (
     Space,
     SpaceState,
 )
+
+RETAIN_MAX_BYTES = 64 * 1024
+"""Values up to this size are retained as previous versions (JSON only: what MERGE
+reads), so retention costs at most ``RETAINED_VERSIONS`` x 64 KiB per key."""
+
+
+def retainable(entry: Entry) -> bool:
+    """Whether a written version is kept for later three-way merges."""
+    return (
+        not entry.deleted
+        and entry.value is not None
+        and entry.is_json
+        and entry.size <= RETAIN_MAX_BYTES
+    )
 
 
 def checksum(data: bytes) -> str:
@@ -126,6 +140,16 @@ class WriteSession:
         self._used_keys = tx.state.used_keys
         self._staged: dict[str, _Staged] = {}
         self._loaded: dict[str, Entry | None] = {}
+        self._bytes_delta = self._keys_delta = 0
+
+    @property
+    def tx(self) -> SpaceTransaction:
+        """The locked transaction, for the sync records written with the entries."""
+        return self._tx
+
+    def discard(self) -> None:
+        """Drop what is staged and not yet committed (a mutation that failed)."""
+        self._staged.clear()
         self._bytes_delta = self._keys_delta = 0
 
     @property
@@ -253,6 +277,7 @@ class WriteSession:
             changes=[s.change for s in self._staged.values()],
             used_bytes=used_bytes,
             used_keys=used_keys,
+            retained=[s.entry for s in self._staged.values() if retainable(s.entry)],
         )
         self.revision, self._used_bytes, self._used_keys = revision, used_bytes, used_keys
         self._loaded.update((k, s.entry) for k, s in self._staged.items())
@@ -261,11 +286,15 @@ class WriteSession:
 
 
 class Writer:
-    """Opens write sessions on a repository."""
+    """Opens write sessions on a repository; after a commit that changed the space, the
+    change feed (if any) wakes the space's watchers."""
 
-    def __init__(self, *, repository: Repository, defaults: QuotaLimits) -> None:
+    def __init__(
+        self, *, repository: Repository, defaults: QuotaLimits, feed: ChangeFeed | None = None
+    ) -> None:
         self._repository = repository
         self._defaults = defaults
+        self._feed = feed
 
     @asynccontextmanager
     async def session(
@@ -275,6 +304,9 @@ class Writer:
         (those the session will load) are read together with taking the lock."""
         async with self._repository.transaction(space, keys) as tx:
             session = WriteSession(tx, now=now, limits=effective_limits(self._defaults, tx.state))
+            start = session.revision
             await session.sweep_expired()
             yield session
             await session.commit()
+        if self._feed is not None and session.revision != start:
+            self._feed.notify(space)

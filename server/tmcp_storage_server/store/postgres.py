@@ -33,6 +33,7 @@ import psycopg_pool
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
+from tmcp_storage_server.core.ports import RETAINED_VERSIONS
 from tmcp_storage_server.model import (
     AppUsage,
     Change,
@@ -48,6 +49,7 @@ from tmcp_storage_server.store import codec
 from tmcp_storage_server.store import postgres_sql as sql
 from tmcp_storage_server.store.errors import translate
 from tmcp_storage_server.store.migrations import scripts, statements
+from tmcp_storage_server.store.postgres_sync import SyncReadsMixin, SyncTransactionMixin
 
 _Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 _Row = tuple[Any, ...]
@@ -124,7 +126,7 @@ def _save_params(
     )
 
 
-class _Transaction:
+class _Transaction(SyncTransactionMixin):
     """``SpaceTransaction`` on a connection inside sql.BEGIN, the space row locked."""
 
     def __init__(
@@ -144,7 +146,7 @@ class _Transaction:
         # Only the holder of the space lock changes its entries, so the earliest expiry
         # read after locking stays a lower bound: no due entries before it, no query.
         self._next_expiry = next_expiry
-        self._unsent: list[dict[str, Any]] = []
+        self._unsent: list[tuple[str, dict[str, Any]]] = []
 
     async def _rows(self, query: str, params: Mapping[str, Any]) -> list[_Row]:
         if not self._unsent:
@@ -155,9 +157,13 @@ class _Transaction:
         return await cursor.fetchall()
 
     async def _send_saves(self) -> None:
-        for params in self._unsent:
-            await self._conn.execute(sql.SAVE, params)
+        for query, params in self._unsent:
+            await self._conn.execute(query, params)
         self._unsent.clear()
+
+    async def _one_row(self, query: str, params: Mapping[str, Any]) -> _Row | None:
+        rows = await self._rows(query, params)
+        return rows[0] if rows else None
 
     async def load(self, keys: Sequence[str]) -> dict[str, Entry]:
         missing = [k for k in keys if k not in self._prefetched]
@@ -187,12 +193,25 @@ class _Transaction:
         changes: Sequence[Change],
         used_bytes: int,
         used_keys: int,
+        retained: Sequence[Entry] = (),
     ) -> None:
         params = _save_params(self._space, revision, entries, changes)
         for entry in entries:
             if entry.key in self._prefetched:
                 self._prefetched[entry.key] = entry
-        self._unsent.append({**params, "used_bytes": used_bytes, "used_keys": used_keys})
+        self._unsent.append(
+            (sql.SAVE, {**params, "used_bytes": used_bytes, "used_keys": used_keys})
+        )
+        if retained:
+            kept = _space_params(
+                self._space,
+                keys=[e.key for e in retained],
+                versions=[e.version for e in retained],
+                values=[e.value for e in retained],
+                content_types=[e.content_type for e in retained],
+                keep=RETAINED_VERSIONS,
+            )
+            self._unsent.append((sql.RETAIN, kept))
         expiries = [e.expires_at for e in entries if not e.deleted and e.expires_at is not None]
         if self._next_expiry is not None:
             expiries.append(self._next_expiry)
@@ -205,7 +224,7 @@ class _Transaction:
             await self._conn.execute(sql.COMMIT)
 
 
-class PostgresRepository:
+class PostgresRepository(SyncReadsMixin):
     """``core.ports.Repository`` on PostgreSQL."""
 
     def __init__(self, *, url: str, min_size: int = 1, max_size: int = 10) -> None:
@@ -405,14 +424,17 @@ class PostgresRepository:
     async def usage_detail(self, space: Space, now: datetime, top_keys: int) -> UsageDetail:
         """Usage by content type, expiring entries and the largest keys."""
         params = _space_params(space, now=now, top=top_keys)
-        by_type, expiring, largest = await self._snapshot(
-            (sql.USAGE_BY_TYPE, params), (sql.EXPIRING, params), (sql.LARGEST_KEYS, params)
+        by_type, expiring, largest, conflicts = await self._snapshot(
+            (sql.USAGE_BY_TYPE, params),
+            (sql.EXPIRING, params),
+            (sql.LARGEST_KEYS, params),
+            (sql.OPEN_CONFLICTS, params),
         )
         return UsageDetail(
             tuple(ContentTypeUsage(ct, size, count) for ct, size, count in by_type),
             expiring[0][0],
             expiring[0][1],
-            0,
+            conflicts[0][0],
             tuple((key, size) for key, size in largest),
         )
 

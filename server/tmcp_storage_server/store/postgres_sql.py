@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from tmcp_storage_server.store.codec import ENTRY_COLUMNS, ENTRY_COLUMNS_NO_VALUE
+from tmcp_storage_server.store.codec import (
+    CONFLICT_COLUMNS,
+    ENTRY_COLUMNS,
+    ENTRY_COLUMNS_NO_VALUE,
+    OUTCOME_COLUMNS,
+    qualified,
+)
 
 SPACE = "user_id = %(user_id)s AND app_id = %(app_id)s"
 # Array parameters use binary placeholders (%(x)b): psycopg dumps lists to binary arrays
@@ -150,3 +156,82 @@ RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name) VALUES (%(vers
 
 # OperationalError covers lost and refused connections, server shutdown, timeouts and
 # the pool's own errors (PoolTimeout, PoolClosed).
+
+# Offline sync (migration 0002).
+_E_COLUMNS = qualified(ENTRY_COLUMNS, "e")
+RETAIN = """WITH kept AS (
+    INSERT INTO versions (user_id, app_id, key, version, value, content_type)
+    SELECT %(user_id)s::text, %(app_id)s::text, v.* FROM unnest(%(keys)b::text[],
+      %(versions)b::bigint[], %(values)b::bytea[], %(content_types)b::text[]) AS v
+    ON CONFLICT (user_id, app_id, key, version) DO UPDATE SET value = EXCLUDED.value,
+      content_type = EXCLUDED.content_type
+  )
+  DELETE FROM versions o USING unnest(%(keys)b::text[], %(versions)b::bigint[]) AS n(key, version)
+  WHERE o.user_id = %(user_id)s AND o.app_id = %(app_id)s AND o.key = n.key
+    AND o.version <= n.version - %(keep)s"""
+RETAINED = f"""SELECT value FROM versions WHERE {SPACE} AND key = %(key)s
+  AND version = %(version)s"""
+SYNC_CLIENT = f"""SELECT client_id, owner, last_mutation_id, last_push_at, last_pull_at
+  FROM sync_clients WHERE {SPACE} AND client_id = %(client_id)s"""
+SAVE_SYNC_CLIENT = """INSERT INTO sync_clients (user_id, app_id, client_id, owner,
+    last_mutation_id, last_push_at, last_pull_at)
+  VALUES (%(user_id)s, %(app_id)s, %(client_id)s, %(owner)s, %(last_mutation_id)s,
+    %(last_push_at)s, %(last_pull_at)s)
+  ON CONFLICT (user_id, app_id, client_id) DO UPDATE SET
+    last_mutation_id = EXCLUDED.last_mutation_id, last_push_at = EXCLUDED.last_push_at"""
+MARK_PULLED = f"""UPDATE sync_clients SET last_pull_at = %(now)s
+  WHERE {SPACE} AND client_id = %(client_id)s RETURNING last_mutation_id"""
+OUTCOMES = f"""SELECT {OUTCOME_COLUMNS} FROM push_outcomes
+  WHERE {SPACE} AND client_id = %(client_id)s AND mutation_id BETWEEN %(first)s AND %(last)s
+  ORDER BY mutation_id"""
+SAVE_OUTCOMES = f"""INSERT INTO push_outcomes (user_id, app_id, client_id, {OUTCOME_COLUMNS})
+  SELECT %(user_id)s::text, %(app_id)s::text, %(client_id)s::text, o.* FROM unnest(
+    %(mutation_ids)b::bigint[], %(results)b::smallint[], %(keys)b::text[],
+    %(versions)b::bigint[], %(conflict_ids)b::text[], %(kinds)b::text[],
+    %(reasons)b::text[], %(messages)b::text[], %(metadata)b::jsonb[]) AS o
+  ON CONFLICT (user_id, app_id, client_id, mutation_id) DO NOTHING"""
+CONFLICT = f"""SELECT {CONFLICT_COLUMNS} FROM conflicts
+  WHERE {SPACE} AND conflict_id = %(conflict_id)s"""
+SAVE_CONFLICT = f"""INSERT INTO conflicts (user_id, app_id, {CONFLICT_COLUMNS})
+  VALUES (%(user_id)s, %(app_id)s, %(conflict_id)s, %(key)s, %(strategy)s, %(state)s,
+    %(server_value)s, %(server_content_type)s, %(server_version)s, %(client_value)s,
+    %(client_content_type)s, %(client_version)s, %(client_id)s, %(mutation_id)s,
+    %(base_version)s, %(created_at)s, %(resolved_at)s)
+  ON CONFLICT (user_id, app_id, conflict_id) DO UPDATE SET state = EXCLUDED.state,
+    resolved_at = EXCLUDED.resolved_at"""
+LIST_CONFLICTS = f"""SELECT {CONFLICT_COLUMNS} FROM conflicts
+  WHERE {SPACE} AND conflict_id > %(after)s AND (%(all)s OR state = 1)
+    AND key >= %(low)s AND (%(high)s::text IS NULL OR key < %(high)s)
+  ORDER BY conflict_id LIMIT %(limit)s"""
+OPEN_CONFLICTS = f"SELECT COUNT(*) FROM conflicts WHERE {SPACE} AND state = 1"
+HISTORY = f"""SELECT COALESCE(MAX(revision), 0), COALESCE(MAX(history_revision), 0),
+    MAX(history_time) FROM spaces WHERE {SPACE}"""
+CHANGED_SINCE = f"""SELECT {_E_COLUMNS}, c.op, c.client_id, c.mutation_id
+  FROM entries e LEFT JOIN changes c ON c.user_id = e.user_id AND c.app_id = e.app_id
+    AND c.revision = e.mod_revision AND c.key = e.key
+  WHERE e.user_id = %(user_id)s AND e.app_id = %(app_id)s
+    AND (e.mod_revision, e.key) > (%(revision)s, %(key)s::text COLLATE "C")
+    AND e.key >= %(low)s AND (%(high)s::text IS NULL OR e.key < %(high)s)
+  ORDER BY e.mod_revision, e.key LIMIT %(limit)s"""
+COMPACT_LOGS = """WITH changes_gone AS (
+    DELETE FROM changes WHERE created_at < %(before)s RETURNING 1
+  ), outcomes_gone AS (
+    DELETE FROM push_outcomes WHERE created_at < %(before)s RETURNING 1
+  )
+  SELECT (SELECT COUNT(*) FROM changes_gone) + (SELECT COUNT(*) FROM outcomes_gone)"""
+OLD_TOMBSTONE_SPACES = """SELECT DISTINCT user_id, app_id FROM entries
+  WHERE deleted AND updated_at < %(before)s LIMIT %(limit)s"""
+LOCK_SPACE_ONLY = f"SELECT 1 FROM spaces WHERE {SPACE} FOR UPDATE"
+# Run with the space row locked (the writers' lock order: space row first).
+COMPACT_SPACE = f"""WITH tombstones AS (
+    DELETE FROM entries WHERE {SPACE} AND deleted AND updated_at < %(before)s
+    RETURNING key, mod_revision
+  ), versions_gone AS (
+    DELETE FROM versions v USING tombstones t
+    WHERE v.user_id = %(user_id)s AND v.app_id = %(app_id)s AND v.key = t.key RETURNING 1
+  ), horizon AS (
+    UPDATE spaces SET history_revision = GREATEST(history_revision,
+        (SELECT MAX(mod_revision) FROM tombstones)), history_time = %(now)s
+    WHERE {SPACE} AND EXISTS (SELECT 1 FROM tombstones) RETURNING 1
+  )
+  SELECT (SELECT COUNT(*) FROM tombstones) + (SELECT COUNT(*) FROM versions_gone)"""

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tmcp_storage_server.core.ports import RETAINED_VERSIONS
 from tmcp_storage_server.errors import Unavailable
 from tmcp_storage_server.model import (
     AppUsage,
@@ -33,20 +34,15 @@ from tmcp_storage_server.store import codec
 from tmcp_storage_server.store import sqlite_sql as sql
 from tmcp_storage_server.store.errors import translate
 from tmcp_storage_server.store.migrations import scripts, statements
+from tmcp_storage_server.store.sqlite_sync import (
+    SyncReadsMixin,
+    SyncTransactionMixin,
+    to_us,
+)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _TRANSIENT = (sqlite3.OperationalError,)
-
-
-def to_us(moment: datetime | None) -> int | None:
-    """Microseconds since the epoch."""
-    return None if moment is None else (moment - _EPOCH) // _US
-
-
-def from_us(micros: int | None) -> datetime | None:
-    """A UTC datetime from microseconds since the epoch."""
-    return None if micros is None else _EPOCH + micros * _US
 
 
 def _entry(row: Sequence[Any]) -> Entry:
@@ -65,7 +61,7 @@ def _prefix_range(prefix: str) -> dict[str, str | None]:
     return {"low": prefix, "high": codec.prefix_upper_bound(prefix) if prefix else None}
 
 
-class _Transaction:
+class _Transaction(SyncTransactionMixin):
     def __init__(self, conn: sqlite3.Connection, space: Space, state: SpaceState) -> None:
         self._conn = conn
         self._space = space
@@ -91,6 +87,7 @@ class _Transaction:
         changes: Sequence[Change],
         used_bytes: int,
         used_keys: int,
+        retained: Sequence[Entry] = (),
     ) -> None:
         now = to_us(datetime.now(UTC))
         self._conn.executemany(sql.UPSERT, [self._entry_params(e) for e in entries])
@@ -116,6 +113,17 @@ class _Transaction:
                 self._space, revision=revision, used_bytes=used_bytes, used_keys=used_keys, now=now
             ),
         )
+        for entry in retained:
+            params = _space_params(
+                self._space,
+                key=entry.key,
+                version=entry.version,
+                value=entry.value,
+                content_type=entry.content_type,
+                keep=RETAINED_VERSIONS,
+            )
+            self._conn.execute(sql.RETAIN, params)
+            self._conn.execute(sql.PRUNE_VERSIONS, params)
 
     def _entry_params(self, entry: Entry) -> dict[str, Any]:
         value, value_codec = (
@@ -140,7 +148,7 @@ class _Transaction:
         )
 
 
-class SqliteRepository:
+class SqliteRepository(SyncReadsMixin):
     """``core.ports.Repository`` on one SQLite file."""
 
     def __init__(self, *, path: str) -> None:
@@ -301,7 +309,8 @@ class SqliteRepository:
             )
             expiring_keys, expiring_bytes = conn.execute(sql.EXPIRING, params).fetchone()
             largest = tuple((k, s) for k, s in conn.execute(sql.LARGEST_KEYS, params))
-        return UsageDetail(by_type, expiring_keys, expiring_bytes, 0, largest)
+            (open_conflicts,) = conn.execute(sql.OPEN_CONFLICTS, params).fetchone()
+        return UsageDetail(by_type, expiring_keys, expiring_bytes, open_conflicts, largest)
 
     async def app_usage(self, app_id: str, top_spaces: int) -> AppUsage:
         """Totals over the spaces of an app."""

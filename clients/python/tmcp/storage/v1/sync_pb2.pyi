@@ -328,12 +328,15 @@ class Change(_message.Message):
     ENTRY_FIELD_NUMBER: _builtins.int
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     MUTATION_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     op: Global___ChangeOp.ValueType
     revision: _builtins.int
     client_id: _builtins.str
     """Set when the change was made by a pushed mutation, so its client can skip echoes."""
     mutation_id: _builtins.int
+    version: _builtins.int
+    """The key's version after the change (a deletion's too), to use as a base_version."""
     @_builtins.property
     def entry(self) -> _types_pb2.Entry:
         """The entry as it is now (unset for DELETE and EXPIRE)."""
@@ -347,10 +350,11 @@ class Change(_message.Message):
         entry: _types_pb2.Entry | None = ...,
         client_id: _builtins.str = ...,
         mutation_id: _builtins.int = ...,
+        version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "entry", b"entry", "key", b"key", "mutation_id", b"mutation_id", "op", b"op", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "entry", b"entry", "key", b"key", "mutation_id", b"mutation_id", "op", b"op", "revision", b"revision", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,173 @@
+"""The Python OfflineStore against the real server, on both backends."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from tmcp_storage import (
+    Client,
+    MutationOutcome,
+    NotFound,
+    Result,
+    Space,
+    Strategy,
+    Unavailable,
+)
+from tmcp_storage.offline import OfflineStore
+
+from tests.e2e.harness import ServerProcess, token
+
+
+def test_offline_writes_survive_a_restart_and_sync(alice: Client, tmp_path: Path) -> None:
+    path = str(tmp_path / "phone.db")
+    store = OfflineStore(path, alice, client_id="phone")
+    store.put("note", {"text": "hi"})
+    store.put("blob", b"\x00\x01")
+    store.delete("blob")
+    store.close()
+    reopened = OfflineStore(path, alice, client_id="phone")
+    assert reopened.pending == 3
+    assert reopened.get("note") == {"text": "hi"} and reopened.get("blob") is None
+    reopened.sync()
+    assert reopened.pending == 0
+    assert alice.get("note").value == {"text": "hi"}
+    assert [e.key for e in alice.list()] == ["note"]
+    reopened.close()
+
+
+def test_manual_conflict_reaches_the_callback_and_adopts_the_server(
+    alice: Client, tmp_path: Path
+) -> None:
+    seen: list[tuple[str, MutationOutcome]] = []
+    store = OfflineStore(
+        str(tmp_path / "a.db"),
+        alice,
+        client_id="phone",
+        strategy=Strategy.MANUAL,
+        on_conflict=lambda key, outcome: seen.append((key, outcome)),
+    )
+    alice.put("doc", {"v": 1})
+    store.sync()
+    assert store.get("doc") == {"v": 1}
+    alice.put("doc", {"v": "server"})  # another device, while the phone is offline
+    store.put("doc", {"v": "phone"})
+    store.sync()
+    assert [(k, o.result) for k, o in seen] == [("doc", Result.CONFLICT)]
+    assert store.get("doc") == {"v": "server"}
+    assert next(iter(alice.conflicts())).client_value == {"v": "phone"}
+    store.close()
+
+
+@pytest.mark.parametrize("seed", [4, 11])
+def test_stores_converge_after_random_offline_work(
+    alice: Client, tmp_path: Path, seed: int
+) -> None:
+    rng = random.Random(seed)
+    strategies = [Strategy.LAST_WRITE_WINS, Strategy.MERGE, Strategy.MANUAL, Strategy.KEEP_BOTH]
+    stores = [
+        OfflineStore(
+            str(tmp_path / f"s{i}.db"), alice, client_id=f"device-{i}", strategy=strategies[i % 4]
+        )
+        for i in range(5)
+    ]
+    keys = [f"k{i}" for i in range(6)]
+    for _ in range(8):
+        for store in stores:
+            for _ in range(rng.randint(0, 4)):
+                key = rng.choice(keys)
+                if rng.random() < 0.2:
+                    store.delete(key)
+                elif rng.random() < 0.5:
+                    store.put(key, {"n": rng.randint(0, 99), "by": id(store) % 7})
+                else:
+                    store.put(key, bytes([rng.randint(0, 255)]))
+            if rng.random() < 0.5:  # online this round
+                store.sync()
+    for store in stores:
+        store.sync()
+    for store in stores:
+        store.pull()
+    server = {e.key: e.value for e in alice.list(include_values=True)}
+    assert list(alice.conflicts(include_resolved=True)), "the run made no conflicts"
+    assert list(alice.conflicts(include_resolved=True)), "the run made no conflicts"
+    for store in stores:
+        assert store.pending == 0
+        assert dict(store.items()) == server
+        store.close()
+
+
+def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_run_keeps_a_stream_open_both_ways(alice: Client, tmp_path: Path) -> None:
+    store = OfflineStore(str(tmp_path / "live.db"), alice, client_id="live")
+    store.put("queued", b"before")  # queued before the stream opens
+    stop = threading.Event()
+    runner = threading.Thread(target=store.run, args=(stop,))
+    runner.start()
+    try:
+        _eventually(lambda: _server_value(alice, "queued") == b"before")
+        alice.put("from-server", {"x": 1})
+        _eventually(lambda: store.get("from-server") == {"x": 1})
+        store.put("from-store", b"live")
+        _eventually(lambda: _server_value(alice, "from-store") == b"live")
+        _eventually(lambda: store.pending == 0)
+    finally:
+        stop.set()
+        runner.join(timeout=10)
+    assert not runner.is_alive()
+    store.close()
+
+
+def test_run_reconnects_and_resumes_after_a_server_restart(
+    database_url: str, app_id: str, tmp_path: Path
+) -> None:
+    first = ServerProcess(database_url).start()
+    port = first.port
+    space = Space(app_id, "alice")
+    client = Client(
+        first.target,
+        token=token(app_id, "alice"),
+        space=space,
+        retries=0,
+        options=[("grpc.max_reconnect_backoff_ms", 500)],
+    )
+    store = OfflineStore(str(tmp_path / "r.db"), client, client_id="r")
+    stop = threading.Event()
+    runner = threading.Thread(target=store.run, args=(stop,), kwargs={"max_delay": 0.5})
+    runner.start()
+    second: ServerProcess | None = None
+    try:
+        client.put("a", b"1")
+        _eventually(lambda: store.get("a") == b"1")
+        first.stop()
+        store.put("offline", b"queued while down")
+        second = ServerProcess(database_url, port=port).start()
+        _eventually(lambda: _server_value(client, "offline") == b"queued while down", 20)
+        client.put("b", b"2")
+        _eventually(lambda: store.get("b") == b"2")
+    finally:
+        stop.set()
+        runner.join(timeout=10)
+        first.stop()
+        if second is not None:
+            second.stop()
+        client.close()
+    assert not runner.is_alive()
+    store.close()
+
+
+def _server_value(client: Client, key: str) -> object:
+    try:
+        return client.get(key).value
+    except (NotFound, Unavailable):
+        return None
