@@ -26,10 +26,16 @@ from tmcp_storage_server.core.ports import Repository
 from tmcp_storage_server.core.quota import QuotaService
 from tmcp_storage_server.core.writes import Writer
 from tmcp_storage_server.errors import StorageError
+from tmcp_storage_server.store.cache import CacheSettings, TwoLevelCache
+from tmcp_storage_server.store.invalidation import RedisSubscriber
+from tmcp_storage_server.store.l1 import L1Cache
 
 log = logging.getLogger("tmcp_storage_server")
 
 HEALTH_INTERVAL = 2.0
+CACHE_HEALTH_SERVICE = "tmcp.storage.v1.Cache"
+"""Health name that is NOT_SERVING while the cache's Redis is unreachable (the server
+itself keeps serving through the database)."""
 
 
 def build_repository(config: Config) -> Repository:
@@ -43,6 +49,37 @@ def build_repository(config: Config) -> Repository:
     return PostgresRepository(url=config.database_url, max_size=config.db_pool_size)
 
 
+def build_cache(config: Config) -> tuple[TwoLevelCache | None, RedisSubscriber | None]:
+    """The read cache the configuration asks for (None when both levels are off), and
+    the subscriber that keeps it coherent when Redis is configured."""
+    if config.cache_bytes == 0 and not config.redis_url:
+        return None, None
+    settings = CacheSettings(
+        max_age=config.cache_max_age,
+        ttl=config.cache_ttl,
+        negative_ttl=config.cache_negative_ttl,
+        coherent_without_channel=config.embedded,
+    )
+    l1 = L1Cache(max_bytes=config.cache_bytes)
+    if not config.redis_url:
+        return TwoLevelCache(l1=l1, l2=None, settings=settings), None
+    from tmcp_storage_server.store.redis_l2 import RedisL2, connect
+
+    l2 = RedisL2(
+        client=connect(config.redis_url), prefix=config.redis_prefix, retain=config.cache_ttl
+    )
+    cache = TwoLevelCache(l1=l1, l2=l2, settings=settings)
+    subscriber = RedisSubscriber(
+        client=l2.client,
+        channel=l2.channel,
+        on_message=cache.apply,
+        on_up=cache.redis_reachable,
+        on_down=cache.redis_unreachable,
+    )
+    cache.on_redis_failure = subscriber.recheck
+    return cache, subscriber
+
+
 @dataclass
 class App:
     """A running server and its background tasks."""
@@ -53,6 +90,7 @@ class App:
     _repository: Repository
     _health: Any  # grpc_health.v1.health.aio.HealthServicer (no stubs)
     _tasks: list[asyncio.Task[None]]
+    cache: TwoLevelCache | None = None
 
     @classmethod
     async def start(cls, config: Config) -> App:
@@ -61,12 +99,15 @@ class App:
         repository = build_repository(config)
         await repository.open()
         clock = SystemClock()
-        writer = Writer(repository=repository, defaults=config.limits)
+        cache, subscriber = build_cache(config)
+        writer = Writer(repository=repository, defaults=config.limits, cache=cache)
         auth = TokenVerifier(secret=config.jwt_secret)
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         server = build_server(
             kv=KeyValueServicer(
-                service=KeyValueService(repository=repository, writer=writer, clock=clock),
+                service=KeyValueService(
+                    repository=repository, writer=writer, clock=clock, cache=cache
+                ),
                 auth=auth,
             ),
             quota=QuotaServicer(
@@ -81,12 +122,14 @@ class App:
             raise OSError(f"cannot listen on {config.listen}")
         await server.start()
         sweeper = Sweeper(repository=repository, writer=writer, clock=clock)
-        app = cls(config, port, server, repository, health_servicer, [])
+        app = cls(config, port, server, repository, health_servicer, [], cache)
         await app._set_serving(True)
         app._tasks = [
             asyncio.create_task(app._watch_health(), name="health"),
             asyncio.create_task(app._sweep(sweeper), name="sweeper"),
         ]
+        if subscriber is not None:
+            app._tasks.append(asyncio.create_task(subscriber.run(), name="invalidations"))
         log.info(
             "serving on %s (port %d), database %s",
             config.listen,
@@ -103,6 +146,12 @@ class App:
         )
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, status)
+        await self._set_cache_health()
+
+    async def _set_cache_health(self) -> None:
+        up = self.cache is None or self.cache.l2 is None or self.cache.redis_up
+        status = health_pb2.HealthCheckResponse
+        await self._health.set(CACHE_HEALTH_SERVICE, status.SERVING if up else status.NOT_SERVING)
 
     async def _watch_health(self) -> None:
         serving = True
@@ -121,6 +170,8 @@ class App:
                 log.warning("database %s", "reachable again" if ok else "unreachable")
                 serving = ok
                 await self._set_serving(ok)
+            else:
+                await self._set_cache_health()
 
     async def _sweep(self, sweeper: Sweeper) -> None:
         while True:
@@ -146,4 +197,8 @@ class App:
                 await task
         await self._server.stop(self.config.shutdown_grace)
         await self._repository.close()
+        if self.cache is not None:
+            if self.cache.l2 is not None:
+                await self.cache.l2.close()
+            log.info("cache stats: %s", self.cache.stats.line())
         log.info("stopped")

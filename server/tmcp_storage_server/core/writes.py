@@ -3,7 +3,8 @@
 A ``WriteSession`` opens the space's transaction, first turns entries whose expiry has
 passed into tombstones (one revision, EXPIRE changes) so that they never count against
 the write, then lets the caller load and stage entries, and at commit checks quota
-against the net change and saves everything under one new revision.
+against the net change and saves everything under one new revision. After the
+transaction commits, the cache (if any) learns every entry the session saved.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from datetime import datetime
 
 from tmcp_storage_server.core import validate
 from tmcp_storage_server.core.commands import PutCommand
-from tmcp_storage_server.core.ports import Repository, SpaceTransaction
+from tmcp_storage_server.core.ports import Cache, Repository, SpaceTransaction
 from tmcp_storage_server.errors import AlreadyExists, QuotaExceeded, VersionMismatch
 from tmcp_storage_server.model import (
     Change,
@@ -125,6 +126,8 @@ class WriteSession:
         self._used_bytes = tx.state.used_bytes
         self._used_keys = tx.state.used_keys
         self._staged: dict[str, _Staged] = {}
+        self.saved: dict[str, Entry] = {}
+        """Every entry saved so far (swept or staged), the last one per key."""
 
     @property
     def next_revision(self) -> int:
@@ -160,6 +163,7 @@ class WriteSession:
             used_keys=self._used_keys,
         )
         self.revision = revision
+        self.saved.update((t.key, t) for t in tombstones)
         return len(due)
 
     async def load(self, keys: Sequence[str]) -> dict[str, Entry]:
@@ -224,15 +228,19 @@ class WriteSession:
             used_keys=used_keys,
         )
         self.revision, self._used_bytes, self._used_keys = revision, used_bytes, used_keys
+        self.saved.update((key, s.entry) for key, s in self._staged.items())
         self._staged.clear()
 
 
 class Writer:
-    """Opens write sessions on a repository."""
+    """Opens write sessions on a repository, and tells the cache what they committed."""
 
-    def __init__(self, *, repository: Repository, defaults: QuotaLimits) -> None:
+    def __init__(
+        self, *, repository: Repository, defaults: QuotaLimits, cache: Cache | None = None
+    ) -> None:
         self._repository = repository
         self._defaults = defaults
+        self._cache = cache
 
     @asynccontextmanager
     async def session(self, space: Space, now: datetime) -> AsyncIterator[WriteSession]:
@@ -242,3 +250,6 @@ class Writer:
             await session.sweep_expired()
             yield session
             await session.commit()
+        # Only after the commit: a cache must never hold what a rollback undid.
+        if self._cache is not None and session.saved:
+            await self._cache.written(space, session.revision, list(session.saved.values()))
