@@ -101,7 +101,10 @@ class Config:
             cache_max_age=_float(values, "STORAGE_CACHE_MAX_AGE", d.cache_max_age),
             cache_ttl=_float(values, "STORAGE_CACHE_TTL", d.cache_ttl),
             cache_negative_ttl=_float(values, "STORAGE_CACHE_NEGATIVE_TTL", d.cache_negative_ttl),
-            workers=_int(values, "STORAGE_WORKERS", _cores()),
+            # The embedded database takes one process: only a request for more is warned of.
+            workers=_int(
+                values, "STORAGE_WORKERS", 1 if database_url.startswith("sqlite:") else _cores()
+            ),
             limits=QuotaLimits(
                 _int(values, "STORAGE_LIMIT_BYTES", d.limits.limit_bytes),
                 _int(values, "STORAGE_LIMIT_KEYS", d.limits.limit_keys),
