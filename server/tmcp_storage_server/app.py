@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2
@@ -27,15 +27,26 @@ from tmcp_storage_server.core.quota import QuotaService
 from tmcp_storage_server.core.writes import Writer
 from tmcp_storage_server.errors import StorageError
 from tmcp_storage_server.store.cache import CacheSettings, TwoLevelCache
-from tmcp_storage_server.store.invalidation import RedisSubscriber
 from tmcp_storage_server.store.l1 import L1Cache
 
 log = logging.getLogger("tmcp_storage_server")
 
 HEALTH_INTERVAL = 2.0
 CACHE_HEALTH_SERVICE = "tmcp.storage.v1.Cache"
-"""Health name that is NOT_SERVING while the cache's Redis is unreachable (the server
-itself keeps serving through the database)."""
+"""Health name that is NOT_SERVING while the cache's invalidation channel (Redis, or
+PostgreSQL LISTEN) is down; the server itself keeps serving through the database."""
+
+
+class Subscriber(Protocol):
+    """Keeps a cache's invalidation channel (``store.invalidation``, ``store.pg_channel``)."""
+
+    async def run(self) -> None:
+        """Until cancelled."""
+        ...
+
+    def recheck(self) -> None:
+        """A publish failed: renew the subscription."""
+        ...
 
 
 def build_repository(config: Config) -> Repository:
@@ -49,9 +60,10 @@ def build_repository(config: Config) -> Repository:
     return PostgresRepository(url=config.database_url, max_size=config.db_pool_size)
 
 
-def build_cache(config: Config) -> tuple[TwoLevelCache | None, RedisSubscriber | None]:
+def build_cache(config: Config) -> tuple[TwoLevelCache | None, Subscriber | None]:
     """The read cache the configuration asks for (None when both levels are off), and
-    the subscriber that keeps it coherent when Redis is configured."""
+    the subscriber that keeps it coherent: Redis pub/sub when Redis is configured, else
+    PostgreSQL LISTEN/NOTIFY; none for the single-process embedded database."""
     if config.cache_bytes == 0 and not config.redis_url:
         return None, None
     settings = CacheSettings(
@@ -61,22 +73,42 @@ def build_cache(config: Config) -> tuple[TwoLevelCache | None, RedisSubscriber |
         coherent_without_channel=config.embedded,
     )
     l1 = L1Cache(max_bytes=config.cache_bytes)
-    if not config.redis_url:
-        return TwoLevelCache(l1=l1, l2=None, settings=settings), None
-    from tmcp_storage_server.store.redis_l2 import RedisL2, connect
+    subscriber: Subscriber
+    if config.redis_url:
+        from tmcp_storage_server.store.invalidation import RedisSubscriber
+        from tmcp_storage_server.store.redis_l2 import RedisL2, connect
 
-    l2 = RedisL2(
-        client=connect(config.redis_url), prefix=config.redis_prefix, retain=config.cache_ttl
-    )
-    cache = TwoLevelCache(l1=l1, l2=l2, settings=settings)
-    subscriber = RedisSubscriber(
-        client=l2.client,
-        channel=l2.channel,
-        on_message=cache.apply,
-        on_up=cache.redis_reachable,
-        on_down=cache.redis_unreachable,
-    )
-    cache.on_redis_failure = subscriber.recheck
+        l2 = RedisL2(
+            client=connect(config.redis_url), prefix=config.redis_prefix, retain=config.cache_ttl
+        )
+        cache = TwoLevelCache(l1=l1, l2=l2, settings=settings)
+        subscriber = RedisSubscriber(
+            client=l2.client,
+            channel=l2.channel,
+            on_message=cache.apply,
+            on_up=cache.channel_reachable,
+            on_down=cache.channel_unreachable,
+        )
+    elif not config.embedded:
+        from tmcp_storage_server.store.pg_channel import (
+            PostgresNotifier,
+            PostgresSubscriber,
+            channel_name,
+        )
+
+        channel = channel_name(config.redis_prefix)
+        notifier = PostgresNotifier(url=config.database_url, channel=channel)
+        cache = TwoLevelCache(l1=l1, l2=None, notifier=notifier, settings=settings)
+        subscriber = PostgresSubscriber(
+            url=config.database_url,
+            channel=channel,
+            on_message=cache.apply,
+            on_up=cache.channel_reachable,
+            on_down=cache.channel_unreachable,
+        )
+    else:
+        return TwoLevelCache(l1=l1, l2=None, settings=settings), None
+    cache.on_channel_failure = subscriber.recheck
     return cache, subscriber
 
 
@@ -149,7 +181,7 @@ class App:
         await self._set_cache_health()
 
     async def _set_cache_health(self) -> None:
-        up = self.cache is None or self.cache.l2 is None or self.cache.redis_up
+        up = self.cache is None or self.cache.coherent
         status = health_pb2.HealthCheckResponse
         await self._health.set(CACHE_HEALTH_SERVICE, status.SERVING if up else status.NOT_SERVING)
 
@@ -200,5 +232,7 @@ class App:
         if self.cache is not None:
             if self.cache.l2 is not None:
                 await self.cache.l2.close()
+            if self.cache.notifier is not None:
+                await self.cache.notifier.close()
             log.info("cache stats: %s", self.cache.stats.line())
         log.info("stopped")

@@ -7,11 +7,13 @@ How it stays coherent (see ``store.l1`` for ranks and generations):
 - A write (``written``, after commit) puts its entries into the L1, then in one Redis round
   trip stores them in L2 and publishes an invalidation; other processes mark or drop their
   L1 copies. A fill that began before the invalidation arrived is refused by the marker.
-- Coherence needs a working invalidation channel. While it is down (Redis unreachable,
-  or no channel at all with several processes) L1 items are served for at most
-  ``max_age`` seconds after they were read, L2 is skipped, and writes remember the keys
-  they could not announce. When Redis is back, the subscription is renewed first, then
-  the L1 is flushed and the remembered keys are marked in Redis and announced.
+- Without Redis, invalidations travel by PostgreSQL NOTIFY (a ``Notifier``); the embedded
+  SQLite database has one process and needs no channel.
+- Coherence needs a working invalidation channel. While it is down (Redis or the
+  listening connection unreachable) L1 items are served for at most ``max_age`` seconds
+  after they were read, L2 is skipped, and writes remember the keys they could not
+  announce. When the channel is back, the subscription is renewed first, then the L1 is
+  flushed and the remembered keys are marked in Redis and announced.
 - Nothing is served past its entry's expiry, past ``ttl`` after it was read (a safety net
   under pub/sub), or, for "absent", past ``negative_ttl``.
 """
@@ -28,7 +30,7 @@ import redis.asyncio as redis
 
 from tmcp_storage_server.core.ports import Load, LoadMany
 from tmcp_storage_server.model import Entry, Space
-from tmcp_storage_server.store.invalidation import Invalidation, messages
+from tmcp_storage_server.store.invalidation import Invalidation, Notifier, messages
 from tmcp_storage_server.store.l1 import CachedRead, CacheKey, L1Cache
 from tmcp_storage_server.store.redis_l2 import RedisL2
 
@@ -38,7 +40,8 @@ MAX_PENDING = 10_000
 """Keys a process remembers having changed while Redis was down; beyond this it deletes
 every L2 item under its prefix when Redis is back."""
 
-_REDIS_DOWN = (redis.RedisError, OSError)
+_DOWN = (redis.RedisError, OSError)
+"""What a Redis call or a ``Notifier`` raises when its server is unreachable."""
 
 
 @dataclass(slots=True)
@@ -52,8 +55,10 @@ class CacheStats:
     db_reads: int = 0
     stale_fills_refused: int = 0
     invalidations_received: int = 0
-    redis_errors: int = 0
-    redis_outages: int = 0
+    channel_errors: int = 0
+    """Failed Redis (or NOTIFY) calls on the request path."""
+    channel_outages: int = 0
+    """Times the invalidation channel (Redis, or PostgreSQL LISTEN) went down."""
     l1_flushes: int = 0
 
     def line(self) -> str:
@@ -86,24 +91,28 @@ class TwoLevelCache:
         l1: L1Cache,
         l2: RedisL2 | None,
         settings: CacheSettings,
-        on_redis_failure: Callable[[], None] = lambda: None,
+        notifier: Notifier | None = None,
+        on_channel_failure: Callable[[], None] = lambda: None,
     ) -> None:
         self.l1 = l1
         self.l2 = l2
+        self.notifier = notifier
+        """Publishes invalidations when there is no L2 (with L2, Redis carries them)."""
         self.settings = settings
         self.stats = CacheStats()
         self.origin = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.on_redis_failure = on_redis_failure
-        self.redis_up = False
+        self.on_channel_failure = on_channel_failure
+        self.channel_up = False
+        self.channel_name = "Redis" if l2 is not None else "PostgreSQL NOTIFY"
         self._pending: dict[CacheKey, int] = {}
         self._pending_overflow = False
 
     @property
     def coherent(self) -> bool:
         """Whether every write of any process reaches this L1 (else items age out)."""
-        if self.l2 is None:
+        if self.l2 is None and self.notifier is None:
             return self.settings.coherent_without_channel
-        return self.redis_up
+        return self.channel_up
 
     def _valid_until(self, entry: Entry | None, read_at: float) -> float:
         if entry is None:
@@ -124,7 +133,7 @@ class TwoLevelCache:
         self.stats.l1_misses += 1
         generation = self.l1.begin(ck)
         try:
-            if self.l2 is not None and self.redis_up:
+            if self.l2 is not None and self.channel_up:
                 found = (await self._l2_get([ck]))[0]
                 if found is not None and self.l1.fill(ck, found, generation=generation):
                     self.stats.l2_hits += 1
@@ -178,7 +187,7 @@ class TwoLevelCache:
         found: dict[str, Entry],
         revision: int,
     ) -> tuple[dict[str, Entry], int]:
-        if self.l2 is not None and self.redis_up:
+        if self.l2 is not None and self.channel_up:
             reads = await self._l2_get(list(missing.values()))
             for (key, ck), read in zip(list(missing.items()), reads, strict=True):
                 if read is not None and self.l1.fill(ck, read, generation=generations[key]):
@@ -210,6 +219,7 @@ class TwoLevelCache:
         """Into this L1 and L2, and announced to the other processes."""
         now = self.l1.clock()
         reads: list[tuple[CacheKey, CachedRead]] = []
+        marks: list[tuple[CacheKey, int]] = []
         for entry in entries:
             ck = cache_key(space, entry.key)
             if entry.deleted or entry.value is not None:
@@ -219,19 +229,35 @@ class TwoLevelCache:
                 reads.append((ck, read))
             else:  # saved without its value: only announce the change
                 self.l1.invalidate(ck, revision)
-        if self.l2 is None:
-            return
+                marks.append((ck, revision))
         keys = [e.key for e in entries]
-        if self.redis_up:
-            payload = list(messages(self.origin, space, revision, keys))
+        if self.channel_up:
             try:
-                await self.l2.store(reads, publish=payload[0] if len(payload) == 1 else None)
-                if len(payload) > 1:
-                    await self.l2.mark([], payload)
+                await self._announce(space, revision, keys, reads, marks)
                 return
-            except _REDIS_DOWN as exc:
-                self._redis_failed(exc)
-        self._remember(space, revision, keys)
+            except _DOWN as exc:
+                self._channel_failed(exc)
+        if self.l2 is not None or self.notifier is not None:
+            self._remember(space, revision, keys)
+
+    async def _announce(
+        self,
+        space: Space,
+        revision: int,
+        keys: list[str],
+        reads: list[tuple[CacheKey, CachedRead]],
+        marks: list[tuple[CacheKey, int]],
+    ) -> None:
+        if self.l2 is not None:
+            payload = list(messages(self.origin, space, revision, keys))
+            if marks:
+                await self.l2.mark(marks, [])
+            await self.l2.store(reads, publish=payload[0] if len(payload) == 1 else None)
+            if len(payload) > 1:
+                await self.l2.mark([], payload)
+        elif self.notifier is not None:
+            limit = self.notifier.max_message_bytes
+            await self.notifier.publish(list(messages(self.origin, space, revision, keys, limit)))
 
     def apply(self, invalidation: Invalidation) -> None:
         """An invalidation heard from another process."""
@@ -241,52 +267,56 @@ class TwoLevelCache:
         for key in invalidation.keys:
             self.l1.invalidate(cache_key(invalidation.space, key), invalidation.revision)
 
-    async def redis_reachable(self) -> None:
+    async def channel_reachable(self) -> None:
         """The subscription is (re)established: flush the L1, mark in L2 and announce what
-        this process changed while Redis was down, then trust Redis again. (Raises,
-        leaving Redis down, when that fails.)"""
-        assert self.l2 is not None
-        await self.l2.reconnect()
+        this process changed while the channel was down, then trust it again. (Raises,
+        leaving the channel down, when that fails.)"""
+        if self.l2 is not None:
+            await self.l2.reconnect()
+        elif self.notifier is not None:
+            await self.notifier.reconnect()
         self.l1.flush()
         self.stats.l1_flushes += 1
         await self._repair()
-        self.redis_up = True
-        log.warning("Redis reachable: cache coherent (L1 flushed)")
+        self.channel_up = True
+        log.warning("%s reachable: cache coherent (L1 flushed)", self.channel_name)
         if self._pending or self._pending_overflow:
-            # Written during the repair, before Redis was trusted: announce them too.
+            # Written during the repair, before the channel was trusted: announce them too.
             try:
                 await self._repair()
-            except _REDIS_DOWN as exc:
-                self._redis_failed(exc)
+            except _DOWN as exc:
+                self._channel_failed(exc)
 
     async def _repair(self) -> None:
-        assert self.l2 is not None
         pending, overflow = self._pending, self._pending_overflow
         self._pending, self._pending_overflow = {}, False
         try:
-            if overflow:
+            if overflow and self.l2 is not None:
                 removed = await self.l2.forget_all()
                 log.warning("cleared %d L2 items: too many changes while Redis was down", removed)
-            if pending:
-                payload = [
-                    message
-                    for (app_id, user_id, key), revision in pending.items()
-                    for message in messages(self.origin, Space(app_id, user_id), revision, [key])
-                ]
+            payload = [
+                message
+                for (app_id, user_id, key), revision in pending.items()
+                for message in messages(self.origin, Space(app_id, user_id), revision, [key])
+            ]
+            if self.l2 is not None and pending:
                 await self.l2.mark(list(pending.items()), payload)
+            elif self.notifier is not None and payload:
+                await self.notifier.publish(payload)
         except BaseException:
             for ck, revision in pending.items():
                 self._pending[ck] = max(revision, self._pending.get(ck, 0))
             self._pending_overflow |= overflow
             raise
 
-    def redis_unreachable(self, why: str) -> None:
+    def channel_unreachable(self, why: str) -> None:
         """The subscription failed: serve L1 items for at most ``max_age``, skip L2."""
-        if self.redis_up:
-            self.redis_up = False
-            self.stats.redis_outages += 1
+        if self.channel_up:
+            self.channel_up = False
+            self.stats.channel_outages += 1
             log.warning(
-                "Redis unreachable (%s): reading through the database, L1 items live at most %.3gs",
+                "%s unreachable (%s): reading through the database, L1 items live at most %.3gs",
+                self.channel_name,
                 why,
                 self.settings.max_age,
             )
@@ -295,24 +325,24 @@ class TwoLevelCache:
         assert self.l2 is not None
         try:
             reads = await self.l2.get_many(keys)
-        except _REDIS_DOWN as exc:
-            self._redis_failed(exc)
+        except _DOWN as exc:
+            self._channel_failed(exc)
             return [None] * len(keys)
         now = self.l1.clock()
         return [r if r is not None and r.valid_until > now else None for r in reads]
 
     async def _l2_store(self, reads: list[tuple[CacheKey, CachedRead]]) -> None:
-        if self.l2 is None or not self.redis_up or not reads:
+        if self.l2 is None or not self.channel_up or not reads:
             return
         try:
             await self.l2.store(reads)
-        except _REDIS_DOWN as exc:
-            self._redis_failed(exc)
+        except _DOWN as exc:
+            self._channel_failed(exc)
 
-    def _redis_failed(self, exc: BaseException) -> None:
-        self.stats.redis_errors += 1
-        self.redis_unreachable(f"{type(exc).__name__}: {exc}")
-        self.on_redis_failure()
+    def _channel_failed(self, exc: BaseException) -> None:
+        self.stats.channel_errors += 1
+        self.channel_unreachable(f"{type(exc).__name__}: {exc}")
+        self.on_channel_failure()
 
     def _remember(self, space: Space, revision: int, keys: Sequence[str]) -> None:
         for key in keys:

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as redis
 
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 PING_EVERY = 0.5
 """Seconds between PINGs on the subscription; two unanswered ones mean Redis is down."""
 RECONNECT_DELAY = 0.25
-MAX_KEYS_PER_MESSAGE = 500
+MAX_MESSAGE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +57,44 @@ class Invalidation:
         return cls(body["o"], Space(body["a"], body["u"]), int(body["r"]), tuple(body["k"]))
 
 
-def messages(origin: str, space: Space, revision: int, keys: Sequence[str]) -> Iterator[bytes]:
-    """The invalidations of ``keys``, split so that no message grows large."""
-    for start in range(0, len(keys), MAX_KEYS_PER_MESSAGE):
-        chunk = tuple(keys[start : start + MAX_KEYS_PER_MESSAGE])
-        yield Invalidation(origin, space, revision, chunk).encode()
+def messages(
+    origin: str,
+    space: Space,
+    revision: int,
+    keys: Sequence[str],
+    max_bytes: int = MAX_MESSAGE_BYTES,
+) -> Iterator[bytes]:
+    """The invalidations of ``keys``, each message at most ``max_bytes``."""
+    base = len(Invalidation(origin, space, revision, ()).encode())
+    chunk: list[str] = []
+    size = base
+    for key in keys:
+        cost = len(json.dumps(key)) + 1
+        if chunk and size + cost > max_bytes:
+            yield Invalidation(origin, space, revision, tuple(chunk)).encode()
+            chunk, size = [], base
+        chunk.append(key)
+        size += cost
+    if chunk:
+        yield Invalidation(origin, space, revision, tuple(chunk)).encode()
+
+
+class Notifier(Protocol):
+    """Publishes invalidations where there is no Redis to carry them."""
+
+    max_message_bytes: int
+
+    async def publish(self, payload: Sequence[bytes]) -> None:
+        """Send the messages; ``OSError`` (ConnectionError) when unreachable."""
+        ...
+
+    async def reconnect(self) -> None:
+        """Start afresh after an outage; ``OSError`` when still unreachable."""
+        ...
+
+    async def close(self) -> None:
+        """Release the connection."""
+        ...
 
 
 class RedisSubscriber:
