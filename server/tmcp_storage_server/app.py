@@ -32,6 +32,7 @@ from tmcp_storage_server.store.l1 import L1Cache
 log = logging.getLogger("tmcp_storage_server")
 
 HEALTH_INTERVAL = 2.0
+CACHE_HEALTH_INTERVAL = 0.2
 CACHE_HEALTH_SERVICE = "tmcp.storage.v1.Cache"
 """Health name that is NOT_SERVING while the cache's invalidation channel (Redis, or
 PostgreSQL LISTEN) is down; the server itself keeps serving through the database."""
@@ -158,6 +159,7 @@ class App:
         await app._set_serving(True)
         app._tasks = [
             asyncio.create_task(app._watch_health(), name="health"),
+            asyncio.create_task(app._watch_cache(), name="cache-health"),
             asyncio.create_task(app._sweep(sweeper), name="sweeper"),
         ]
         if subscriber is not None:
@@ -185,6 +187,16 @@ class App:
         status = health_pb2.HealthCheckResponse
         await self._health.set(CACHE_HEALTH_SERVICE, status.SERVING if up else status.NOT_SERVING)
 
+    async def _watch_cache(self) -> None:
+        """Follow the cache's channel state into health (cheap: a flag, no I/O)."""
+        reported: bool | None = None
+        while True:
+            await asyncio.sleep(CACHE_HEALTH_INTERVAL)
+            up = self.cache is None or self.cache.coherent
+            if up != reported:
+                reported = up
+                await self._set_cache_health()
+
     async def _watch_health(self) -> None:
         serving = True
         while True:
@@ -202,8 +214,6 @@ class App:
                 log.warning("database %s", "reachable again" if ok else "unreachable")
                 serving = ok
                 await self._set_serving(ok)
-            else:
-                await self._set_cache_health()
 
     async def _sweep(self, sweeper: Sweeper) -> None:
         while True:

@@ -12,13 +12,18 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tmcp_storage import Client, NotFound, Space
 
 from tests.cache.conftest import RedisServer
 from tests.e2e.harness import ServerProcess, token
 
 TRIALS = 200
+CACHE = "tmcp.storage.v1.Cache"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 MAX_AGE = 1.0
 
 
@@ -46,6 +51,14 @@ def _wait_for(check: Callable[[], bool], what: str, timeout: float = 10.0) -> No
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
+
+
+def _health(server: ServerProcess, service: str) -> int:
+    with grpc.insecure_channel(server.target) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=2
+        )
+        return int(reply.status)
 
 
 def _stats(server: ServerProcess) -> dict[str, int]:
@@ -153,6 +166,8 @@ def test_redis_outage_bounds_staleness_and_recovery_serves_nothing_stale(
     assert _number(pair.reader, "k") == 0
     own_redis.stop()
     _wait_for(lambda: "Redis unreachable" in pair.b.log(), "B to notice the outage")
+    _wait_for(lambda: _health(pair.b, CACHE) == NOT_SERVING, "B's cache health", 2.0)
+    assert _health(pair.b, "") == SERVING  # the server itself serves on
     acked: list[tuple[float, int]] = []
     newest_seen = -1
     for i in range(1, 30):
@@ -178,6 +193,7 @@ def test_redis_outage_bounds_staleness_and_recovery_serves_nothing_stale(
     _wait_for(lambda: pair.b.log().count("Redis reachable") == 2, "B to reconnect")
     assert _number(pair.reader, "during") == 2
     _wait_for(lambda: pair.a.log().count("Redis reachable") == 2, "A to reconnect")
+    _wait_for(lambda: _health(pair.b, CACHE) == SERVING, "B's cache health", 2.0)
     newest_seen = 29
     for i in range(30, 80):
         pair.writer.put("k", str(i).encode())

@@ -30,7 +30,12 @@ import redis.asyncio as redis
 
 from tmcp_storage_server.core.ports import Load, LoadMany
 from tmcp_storage_server.model import Entry, Space
-from tmcp_storage_server.store.invalidation import Invalidation, Notifier, messages
+from tmcp_storage_server.store.invalidation import (
+    MAX_MESSAGE_BYTES,
+    Invalidation,
+    Notifier,
+    messages,
+)
 from tmcp_storage_server.store.l1 import CachedRead, CacheKey, L1Cache
 from tmcp_storage_server.store.redis_l2 import RedisL2
 
@@ -294,11 +299,7 @@ class TwoLevelCache:
             if overflow and self.l2 is not None:
                 removed = await self.l2.forget_all()
                 log.warning("cleared %d L2 items: too many changes while Redis was down", removed)
-            payload = [
-                message
-                for (app_id, user_id, key), revision in pending.items()
-                for message in messages(self.origin, Space(app_id, user_id), revision, [key])
-            ]
+            payload = self._pending_messages(pending)
             if self.l2 is not None and pending:
                 await self.l2.mark(list(pending.items()), payload)
             elif self.notifier is not None and payload:
@@ -343,6 +344,22 @@ class TwoLevelCache:
         self.stats.channel_errors += 1
         self.channel_unreachable(f"{type(exc).__name__}: {exc}")
         self.on_channel_failure()
+
+    def _pending_messages(self, pending: dict[CacheKey, int]) -> list[bytes]:
+        """One announcement per space, at the newest revision among its keys: a higher
+        revision than a key's own only makes other processes refuse more fills."""
+        by_space: dict[Space, tuple[int, list[str]]] = {}
+        for (app_id, user_id, key), revision in pending.items():
+            space = Space(app_id, user_id)
+            newest, keys = by_space.get(space, (0, []))
+            keys.append(key)
+            by_space[space] = (max(newest, revision), keys)
+        limit = self.notifier.max_message_bytes if self.notifier is not None else None
+        return [
+            message
+            for space, (revision, keys) in by_space.items()
+            for message in messages(self.origin, space, revision, keys, limit or MAX_MESSAGE_BYTES)
+        ]
 
     def _remember(self, space: Space, revision: int, keys: Sequence[str]) -> None:
         for key in keys:
