@@ -162,3 +162,8 @@ class Cache(Protocol):
         """After a commit: ``entries`` (tombstones included) are the space's state at
         ``revision``. Updates this process's cache and tells every other process."""
         ...
+
+    async def unknown(self, space: Space, revision: int, keys: Sequence[str]) -> None:
+        """A commit of ``keys`` at ``revision`` failed in a way that leaves unknown whether
+        it happened: forget them here and everywhere, without filling anything."""
+        ...

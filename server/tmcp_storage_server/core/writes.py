@@ -245,11 +245,22 @@ class Writer:
     @asynccontextmanager
     async def session(self, space: Space, now: datetime) -> AsyncIterator[WriteSession]:
         """A session whose staged writes commit when the block exits normally."""
-        async with self._repository.transaction(space) as tx:
-            session = WriteSession(tx, now=now, limits=effective_limits(self._defaults, tx.state))
-            await session.sweep_expired()
-            yield session
-            await session.commit()
+        staged_all = False
+        try:
+            async with self._repository.transaction(space) as tx:
+                session = WriteSession(
+                    tx, now=now, limits=effective_limits(self._defaults, tx.state)
+                )
+                await session.sweep_expired()
+                yield session
+                await session.commit()
+                staged_all = True
+        except BaseException:
+            # Failing at COMMIT leaves unknown whether it happened: drop those keys from
+            # every cache rather than risk serving what it overwrote.
+            if staged_all and self._cache is not None and session.saved:
+                await self._cache.unknown(space, session.revision, list(session.saved))
+            raise
         # Only after the commit: a cache must never hold what a rollback undid.
         if self._cache is not None and session.saved:
             await self._cache.written(space, session.revision, list(session.saved.values()))

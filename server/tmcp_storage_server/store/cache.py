@@ -264,6 +264,23 @@ class TwoLevelCache:
             limit = self.notifier.max_message_bytes
             await self.notifier.publish(list(messages(self.origin, space, revision, keys, limit)))
 
+    async def unknown(self, space: Space, revision: int, keys: Sequence[str]) -> None:
+        """Markers at ``revision`` here and in Redis, and an announcement: older reads are
+        dropped everywhere; a read at that revision (if it committed) is accepted."""
+        marks = []
+        for key in keys:
+            ck = cache_key(space, key)
+            self.l1.invalidate(ck, revision)
+            marks.append((ck, revision))
+        if self.channel_up:
+            try:
+                await self._announce(space, revision, list(keys), [], marks)
+                return
+            except _DOWN as exc:
+                self._channel_failed(exc)
+        if self.l2 is not None or self.notifier is not None:
+            self._remember(space, revision, keys)
+
     def apply(self, invalidation: Invalidation) -> None:
         """An invalidation heard from another process."""
         if invalidation.origin == self.origin:
