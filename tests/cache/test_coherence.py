@@ -7,7 +7,9 @@ its caches). Values are counters, so "older" is a smaller number.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -205,3 +207,27 @@ def test_redis_outage_bounds_staleness_and_recovery_serves_nothing_stale(
     pair.b.stop()
     stats = _stats(pair.b)
     assert stats["channel_outages"] == 1 and stats["channel_errors"] >= 0, stats
+
+
+def test_a_hung_redis_never_makes_calls_hang(redis_pair: Pair, own_redis: RedisServer) -> None:
+    pair = redis_pair
+    pair.writer.put("k", b"0")
+    assert _number(pair.reader, "k") == 0
+    assert own_redis.process is not None
+    os.kill(own_redis.process.pid, signal.SIGSTOP)  # accepts nothing, answers nothing
+    try:
+        slowest = 0.0
+        for i in range(1, 11):
+            started = time.monotonic()
+            pair.writer.put("k", str(i).encode())
+            _number(pair.reader, "k")
+            slowest = max(slowest, time.monotonic() - started)
+        assert slowest < 1.5, f"a call took {slowest:.2f}s"
+        _wait_for(lambda: "Redis unreachable" in pair.b.log(), "B to notice", 5)
+        _wait_for(lambda: _number(pair.reader, "k") == 10, "B to read 10", MAX_AGE + 1)
+    finally:
+        os.kill(own_redis.process.pid, signal.SIGCONT)
+    for server in (pair.a, pair.b):
+        _wait_for(lambda s=server: s.log().count("Redis reachable") >= 2, "reconnect")  # type: ignore[misc]
+    pair.writer.put("k", b"11")
+    _wait_for(lambda: _number(pair.reader, "k") == 11, "B to read 11", 0.1)
