@@ -183,7 +183,7 @@ class App:
         await self._set_cache_health()
 
     async def _set_cache_health(self) -> None:
-        up = self.cache is None or self.cache.coherent
+        up = self.cache is None or self.cache.healthy
         status = health_pb2.HealthCheckResponse
         await self._health.set(CACHE_HEALTH_SERVICE, status.SERVING if up else status.NOT_SERVING)
 
@@ -192,7 +192,7 @@ class App:
         reported: bool | None = None
         while True:
             await asyncio.sleep(CACHE_HEALTH_INTERVAL)
-            up = self.cache is None or self.cache.coherent
+            up = self.cache is None or self.cache.healthy
             if up != reported:
                 reported = up
                 await self._set_cache_health()

@@ -111,13 +111,17 @@ class TwoLevelCache:
         self.channel_name = "Redis" if l2 is not None else "PostgreSQL NOTIFY"
         self._pending: dict[CacheKey, int] = {}
         self._pending_overflow = False
+        self._reported = False
 
     @property
     def coherent(self) -> bool:
         """Whether every write of any process reaches this L1 (else items age out)."""
-        if self.l2 is None and self.notifier is None:
-            return self.settings.coherent_without_channel
-        return self.channel_up
+        return self.settings.coherent_without_channel or self.channel_up
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the invalidation channel, if there is one, is up (what health says)."""
+        return self.channel_up or (self.l2 is None and self.notifier is None)
 
     def _valid_until(self, entry: Entry | None, read_at: float) -> float:
         if entry is None:
@@ -301,6 +305,7 @@ class TwoLevelCache:
         self.stats.l1_flushes += 1
         await self._repair()
         self.channel_up = True
+        self._reported = True
         log.warning("%s reachable: cache coherent (L1 flushed)", self.channel_name)
         if self._pending or self._pending_overflow:
             # Written during the repair, before the channel was trusted: announce them too.
@@ -329,9 +334,11 @@ class TwoLevelCache:
 
     def channel_unreachable(self, why: str) -> None:
         """The subscription failed: serve L1 items for at most ``max_age``, skip L2."""
-        if self.channel_up:
+        # Reported on each fall, and once when it was never up since the start.
+        if self.channel_up or not self._reported:
+            self._reported = True
+            self.stats.channel_outages += self.channel_up
             self.channel_up = False
-            self.stats.channel_outages += 1
             log.warning(
                 "%s unreachable (%s): reading through the database, L1 items live at most %.3gs",
                 self.channel_name,
