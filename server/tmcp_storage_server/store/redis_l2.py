@@ -7,8 +7,9 @@ when its rank is higher, so racing writers and fillers can never leave an older 
 place. Items live ``retain`` seconds in Redis whatever their validity, so that their rank
 keeps guarding after an entry's expiry; readers check ``u``.
 
-Calls raise ``redis.RedisError`` or ``OSError`` when Redis is unreachable; the caller
-(``store.cache``) decides what that means.
+Ranks are compared as Lua numbers (doubles): exact up to 2**53, so for space revisions
+below 2**52. Calls raise ``redis.RedisError`` or ``OSError`` when Redis is unreachable;
+the caller (``store.cache``) decides what that means.
 """
 
 from __future__ import annotations
