@@ -1,6 +1,6 @@
 """Command line: ``serve``, ``migrate``, ``token``.
 
-    python -m tmcp_storage_server serve [--listen HOST:PORT] [--database-url URL]
+    python -m tmcp_storage_server serve [--listen HOST:PORT] [--database-url URL] [--workers N]
     python -m tmcp_storage_server migrate
     python -m tmcp_storage_server token --app A --user U [--scope S ...] [--ttl SECONDS]
 
@@ -15,7 +15,9 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import replace
 
+from tmcp_storage_server import workers
 from tmcp_storage_server.api.auth import mint_token
 from tmcp_storage_server.app import App, build_repository
 from tmcp_storage_server.config import Config, ConfigError
@@ -32,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the gRPC server in the foreground")
     serve.add_argument("--listen", help="STORAGE_LISTEN, host:port")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="STORAGE_WORKERS: processes sharing the port (default: one per core; "
+        "always 1 with the embedded SQLite database)",
+    )
     commands.add_parser("migrate", help="apply database migrations and exit")
     token = commands.add_parser("token", help="mint a development token")
     token.add_argument("--app", required=True, help="app id (claim 'app')")
@@ -52,7 +60,10 @@ async def _serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"tmcp-storage listening on {config.listen} (port {app.port})", flush=True)
+    if workers.is_worker():
+        workers.worker_ready()
+    else:
+        print(f"tmcp-storage listening on {config.listen} (port {app.port})", flush=True)
     await stop.wait()
     log.info("shutting down: draining in-flight calls")
     await app.stop()
@@ -64,19 +75,37 @@ async def _migrate(config: Config) -> None:
     await repository.close()
 
 
+def _serve_all(config: Config) -> int:
+    """One process, or a supervisor of ``config.workers`` processes."""
+    if workers.is_worker():
+        workers.die_with_parent()
+    if config.workers > 1 and config.embedded:
+        log.warning(
+            "the embedded SQLite database is served by one process: ignoring workers=%d",
+            config.workers,
+        )
+        config = replace(config, workers=1)
+    if config.workers > 1:
+        return workers.Supervisor(config).run()
+    asyncio.run(_serve(config))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m tmcp_storage_server`` and ``tmcp-storage``."""
     args = _parser().parse_args(argv)
     overrides = {"data_dir": args.data_dir, "database_url": args.database_url}
     if args.command == "serve":
         overrides["listen"] = args.listen
+        overrides["workers"] = None if args.workers is None else str(args.workers)
     try:
         config = Config.from_env(os.environ, **overrides)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=config.log_level,
+        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
     )
     config, secret_file = config.resolve_secret()
     if secret_file:
@@ -97,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_migrate(config))
             print("migrations applied")
         else:
-            asyncio.run(_serve(config))
+            return _serve_all(config)
     except StorageError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1

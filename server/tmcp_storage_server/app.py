@@ -10,7 +10,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2
@@ -33,13 +33,31 @@ from tmcp_storage_server.core.sync import SyncService
 from tmcp_storage_server.core.watch import WatchService, WatchSettings
 from tmcp_storage_server.core.writes import Writer
 from tmcp_storage_server.errors import StorageError
+from tmcp_storage_server.store.cache import CacheSettings, TwoLevelCache
 from tmcp_storage_server.store.change_feed import LocalChangeFeed
+from tmcp_storage_server.store.l1 import L1Cache
 
 log = logging.getLogger("tmcp_storage_server")
 
 HEALTH_INTERVAL = 2.0
+CACHE_HEALTH_INTERVAL = 0.2
+CACHE_HEALTH_SERVICE = "tmcp.storage.v1.Cache"
+"""Health name that is NOT_SERVING while the cache's invalidation channel (Redis, or
+PostgreSQL LISTEN) is down; the server itself keeps serving through the database."""
 COMPACT_INTERVAL = 60.0
 """Seconds between history compactions (shorter when the retention is short)."""
+
+
+class Subscriber(Protocol):
+    """Keeps a cache's invalidation channel (``store.invalidation``, ``store.pg_channel``)."""
+
+    async def run(self) -> None:
+        """Until cancelled."""
+        ...
+
+    def recheck(self) -> None:
+        """A publish failed: renew the subscription."""
+        ...
 
 
 def build_repository(config: Config) -> Repository:
@@ -51,6 +69,58 @@ def build_repository(config: Config) -> Repository:
     from tmcp_storage_server.store.postgres import PostgresRepository
 
     return PostgresRepository(url=config.database_url, max_size=config.db_pool_size)
+
+
+def build_cache(config: Config) -> tuple[TwoLevelCache | None, Subscriber | None]:
+    """The read cache the configuration asks for (None when both levels are off), and
+    the subscriber that keeps it coherent: Redis pub/sub when Redis is configured, else
+    PostgreSQL LISTEN/NOTIFY; none for the single-process embedded database."""
+    if config.cache_bytes == 0 and not config.redis_url:
+        return None, None
+    settings = CacheSettings(
+        max_age=config.cache_max_age,
+        ttl=config.cache_ttl,
+        negative_ttl=config.cache_negative_ttl,
+        coherent_without_channel=config.embedded,
+    )
+    l1 = L1Cache(max_bytes=config.cache_bytes)
+    subscriber: Subscriber
+    if config.redis_url:
+        from tmcp_storage_server.store.invalidation import RedisSubscriber
+        from tmcp_storage_server.store.redis_l2 import RedisL2, connect
+
+        l2 = RedisL2(
+            client=connect(config.redis_url), prefix=config.redis_prefix, retain=config.cache_ttl
+        )
+        cache = TwoLevelCache(l1=l1, l2=l2, settings=settings)
+        subscriber = RedisSubscriber(
+            client=l2.client,
+            channel=l2.channel,
+            on_message=cache.apply,
+            on_up=cache.channel_reachable,
+            on_down=cache.channel_unreachable,
+        )
+    elif not config.embedded:
+        from tmcp_storage_server.store.pg_channel import (
+            PostgresNotifier,
+            PostgresSubscriber,
+            channel_name,
+        )
+
+        channel = channel_name(config.redis_prefix)
+        notifier = PostgresNotifier(url=config.database_url, channel=channel)
+        cache = TwoLevelCache(l1=l1, l2=None, notifier=notifier, settings=settings)
+        subscriber = PostgresSubscriber(
+            url=config.database_url,
+            channel=channel,
+            on_message=cache.apply,
+            on_up=cache.channel_reachable,
+            on_down=cache.channel_unreachable,
+        )
+    else:
+        return TwoLevelCache(l1=l1, l2=None, settings=settings), None
+    cache.on_channel_failure = subscriber.recheck
+    return cache, subscriber
 
 
 async def build_feed(config: Config) -> LocalChangeFeed:
@@ -76,6 +146,7 @@ class App:
     _tasks: list[asyncio.Task[None]]
     _feed: LocalChangeFeed
     _watcher: WatchService
+    cache: TwoLevelCache | None = None
 
     @classmethod
     async def start(cls, config: Config) -> App:
@@ -85,7 +156,8 @@ class App:
         await repository.open()
         clock = SystemClock()
         feed = await build_feed(config)
-        writer = Writer(repository=repository, defaults=config.limits, feed=feed)
+        cache, subscriber = build_cache(config)
+        writer = Writer(repository=repository, defaults=config.limits, cache=cache, feed=feed)
         watcher = WatchService(
             repository=repository,
             feed=feed,
@@ -100,11 +172,15 @@ class App:
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         server = build_server(
             kv=KeyValueServicer(
-                service=KeyValueService(repository=repository, writer=writer, clock=clock),
+                service=KeyValueService(
+                    repository=repository, writer=writer, clock=clock, cache=cache
+                ),
                 auth=auth,
             ),
             batch=BatchServicer(
-                service=BatchService(repository=repository, writer=writer, clock=clock),
+                service=BatchService(
+                    repository=repository, writer=writer, clock=clock, cache=cache
+                ),
                 auth=auth,
             ),
             quota=QuotaServicer(
@@ -126,13 +202,16 @@ class App:
             raise OSError(f"cannot listen on {config.listen}")
         await server.start()
         sweeper = Sweeper(repository=repository, writer=writer, clock=clock)
-        app = cls(config, port, server, repository, health_servicer, [], feed, watcher)
+        app = cls(config, port, server, repository, health_servicer, [], feed, watcher, cache)
         await app._set_serving(True)
         app._tasks = [
             asyncio.create_task(app._watch_health(), name="health"),
+            asyncio.create_task(app._watch_cache(), name="cache-health"),
             asyncio.create_task(app._sweep(sweeper), name="sweeper"),
             asyncio.create_task(app._compact(clock), name="compactor"),
         ]
+        if subscriber is not None:
+            app._tasks.append(asyncio.create_task(subscriber.run(), name="invalidations"))
         log.info(
             "serving on %s (port %d), database %s",
             config.listen,
@@ -149,6 +228,22 @@ class App:
         )
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, status)
+        await self._set_cache_health()
+
+    async def _set_cache_health(self) -> None:
+        up = self.cache is None or self.cache.healthy
+        status = health_pb2.HealthCheckResponse
+        await self._health.set(CACHE_HEALTH_SERVICE, status.SERVING if up else status.NOT_SERVING)
+
+    async def _watch_cache(self) -> None:
+        """Follow the cache's channel state into health (cheap: a flag, no I/O)."""
+        reported: bool | None = None
+        while True:
+            await asyncio.sleep(CACHE_HEALTH_INTERVAL)
+            up = self.cache is None or self.cache.healthy
+            if up != reported:
+                reported = up
+                await self._set_cache_health()
 
     async def _watch_health(self) -> None:
         serving = True
@@ -207,4 +302,10 @@ class App:
         await self._server.stop(self.config.shutdown_grace)
         await self._feed.stop()
         await self._repository.close()
+        if self.cache is not None:
+            if self.cache.l2 is not None:
+                await self.cache.l2.close()
+            if self.cache.notifier is not None:
+                await self.cache.notifier.close()
+            log.info("cache stats: %s", self.cache.stats.line())
         log.info("stopped")

@@ -35,7 +35,24 @@ class Config:
     """``STORAGE_JWT_SECRET``: HS256 secret. Unset with SQLite: generated into
     ``<data_dir>/jwt-secret``. Required with PostgreSQL."""
     redis_url: str = ""
-    """``STORAGE_REDIS_URL``: optional Redis for the shared cache (unused until then)."""
+    """``STORAGE_REDIS_URL``: optional Redis: the shared cache level (L2) and the channel
+    that carries cache invalidations between processes and replicas."""
+    redis_prefix: str = "tmcp:"
+    """``STORAGE_REDIS_PREFIX``: prefix of every Redis key and channel this server uses."""
+    cache_bytes: int = 64 * MIB
+    """``STORAGE_CACHE_BYTES``: bound of the in-process cache (L1) per process; 0 disables
+    it."""
+    cache_max_age: float = 2.0
+    """``STORAGE_CACHE_MAX_AGE``: seconds an L1 item may be served after it was read while
+    invalidations cannot arrive (Redis down, or PostgreSQL without Redis)."""
+    cache_ttl: float = 60.0
+    """``STORAGE_CACHE_TTL``: seconds any cached read lives at most, even when every
+    invalidation arrives (a safety net under pub/sub)."""
+    cache_negative_ttl: float = 2.0
+    """``STORAGE_CACHE_NEGATIVE_TTL``: seconds an "absent" answer stays cached."""
+    workers: int = 1
+    """``STORAGE_WORKERS`` or ``serve --workers``: server processes sharing the port;
+    default the number of cores (always 1 with the embedded SQLite database)."""
     limits: QuotaLimits = field(default_factory=lambda: QuotaLimits(10 * MIB, 1000, MIB))
     """``STORAGE_LIMIT_BYTES``, ``STORAGE_LIMIT_KEYS``, ``STORAGE_MAX_VALUE_BYTES``:
     default quota of a space."""
@@ -89,6 +106,15 @@ class Config:
             database_url=database_url,
             jwt_secret=values.get("STORAGE_JWT_SECRET", ""),
             redis_url=values.get("STORAGE_REDIS_URL", ""),
+            redis_prefix=values.get("STORAGE_REDIS_PREFIX", d.redis_prefix),
+            cache_bytes=_int(values, "STORAGE_CACHE_BYTES", d.cache_bytes),
+            cache_max_age=_float(values, "STORAGE_CACHE_MAX_AGE", d.cache_max_age),
+            cache_ttl=_float(values, "STORAGE_CACHE_TTL", d.cache_ttl),
+            cache_negative_ttl=_float(values, "STORAGE_CACHE_NEGATIVE_TTL", d.cache_negative_ttl),
+            # The embedded database takes one process: only a request for more is warned of.
+            workers=_int(
+                values, "STORAGE_WORKERS", 1 if database_url.startswith("sqlite:") else _cores()
+            ),
             limits=QuotaLimits(
                 _int(values, "STORAGE_LIMIT_BYTES", d.limits.limit_bytes),
                 _int(values, "STORAGE_LIMIT_KEYS", d.limits.limit_keys),
@@ -105,6 +131,10 @@ class Config:
         )
         if not 0 < config.limits.max_value_bytes <= MIB:
             raise ConfigError("STORAGE_MAX_VALUE_BYTES must be 1..1048576")
+        if config.redis_url and not config.redis_url.startswith(("redis://", "rediss://")):
+            raise ConfigError("STORAGE_REDIS_URL must start with redis:// or rediss://")
+        if config.workers < 1:
+            raise ConfigError("STORAGE_WORKERS must be at least 1")
         if not config.embedded and not config.jwt_secret:
             raise ConfigError("STORAGE_JWT_SECRET is required with PostgreSQL")
         return config
@@ -125,6 +155,10 @@ class Config:
 
 
 _DEFAULTS = Config()
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _int(values: Mapping[str, str], name: str, default: int) -> int:

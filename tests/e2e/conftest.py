@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from tmcp_storage import Client, Space
 
+from tests.conftest import REDIS_URL
 from tests.e2e.harness import ServerProcess, token
 
 
@@ -33,9 +34,16 @@ def database_url(
 
 
 @pytest.fixture(scope="session")
-def server(database_url: str) -> Iterator[ServerProcess]:
-    """A running server on the backend under test."""
-    process = ServerProcess(database_url).start()
+def server(backend: str, database_url: str) -> Iterator[ServerProcess]:
+    """A running server on the backend under test; on PostgreSQL with the shared Redis as
+    its cache (under a key prefix of its own, whose items expire by themselves)."""
+    env = {}
+    if backend == "postgres":
+        env = {
+            "STORAGE_REDIS_URL": REDIS_URL,
+            "STORAGE_REDIS_PREFIX": f"test-{uuid.uuid4().hex[:8]}:",
+        }
+    process = ServerProcess(database_url, env=env).start()
     try:
         yield process
     finally:

@@ -44,6 +44,7 @@ class ServerProcess:
             "STORAGE_LISTEN": f"127.0.0.1:{self.port}",
             "STORAGE_SWEEP_INTERVAL": "0.2",
             "STORAGE_SHUTDOWN_GRACE": "2",
+            "STORAGE_WORKERS": "1",
             **self.env,
         }
         log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - kept open for the process

@@ -129,3 +129,34 @@ def test_config_defaults_and_validation() -> None:
     ):
         with pytest.raises(ConfigError):
             Config.from_env(env)
+
+
+def test_cache_and_worker_settings() -> None:
+    embedded = Config.from_env({})
+    assert (embedded.cache_bytes, embedded.cache_max_age, embedded.redis_prefix) == (
+        64 * 1024 * 1024,
+        2.0,
+        "tmcp:",
+    )
+    assert embedded.workers == 1  # the embedded database takes one process
+    pg = {"STORAGE_DATABASE_URL": "postgresql://h/db", "STORAGE_JWT_SECRET": "s"}
+    assert Config.from_env(pg).workers >= 1
+    assert Config.from_env(pg, workers="3").workers == 3
+    tuned = Config.from_env(
+        {
+            **pg,
+            "STORAGE_CACHE_BYTES": "0",
+            "STORAGE_CACHE_MAX_AGE": "0.5",
+            "STORAGE_REDIS_URL": "redis://127.0.0.1:6379/2",
+            "STORAGE_REDIS_PREFIX": "x:",
+        }
+    )
+    assert (tuned.cache_bytes, tuned.cache_max_age, tuned.redis_prefix) == (0, 0.5, "x:")
+    for env in (
+        {"STORAGE_REDIS_URL": "http://nope"},
+        {"STORAGE_CACHE_BYTES": "-1"},
+        {"STORAGE_CACHE_MAX_AGE": "0"},
+        {"STORAGE_WORKERS": "0"},
+    ):
+        with pytest.raises(ConfigError):
+            Config.from_env({**pg, **env})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from tmcp.storage.v1 import batch_pb2, batch_pb2_grpc
+from tmcp.storage.v1 import batch_pb2, batch_pb2_grpc, types_pb2
 
 from tmcp_storage_server.api import convert
 from tmcp_storage_server.api.auth import TokenVerifier
@@ -69,7 +69,10 @@ class BatchServicer(batch_pb2_grpc.BatchServicer):
         self, request: batch_pb2.BatchGetRequest, principal: Principal
     ) -> batch_pb2.BatchGetResponse:
         result = await self.service.batch_get(
-            principal, convert.space(request.space), list(request.keys)
+            principal,
+            convert.space(request.space),
+            list(request.keys),
+            strong=request.consistency == types_pb2.CONSISTENCY_STRONG,
         )
         return batch_pb2.BatchGetResponse(
             header=convert.header(result.revision),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tmcp.storage.v1 import kv_pb2, kv_pb2_grpc
+from tmcp.storage.v1 import kv_pb2, kv_pb2_grpc, types_pb2
 
 from tmcp_storage_server.api import convert
 from tmcp_storage_server.api.auth import TokenVerifier
@@ -22,7 +22,10 @@ class KeyValueServicer(kv_pb2_grpc.KeyValueServicer):
     @unary
     async def Get(self, request: kv_pb2.GetRequest, principal: Principal) -> kv_pb2.GetResponse:
         entry, revision = await self.service.get(
-            principal, convert.space(request.space), request.key
+            principal,
+            convert.space(request.space),
+            request.key,
+            strong=request.consistency == types_pb2.CONSISTENCY_STRONG,
         )
         return kv_pb2.GetResponse(header=convert.header(revision), entry=convert.entry(entry))
 

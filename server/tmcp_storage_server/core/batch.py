@@ -21,14 +21,14 @@ from tmcp_storage_server.core.commands import (
     PutCommand,
 )
 from tmcp_storage_server.core.kv import validate_put
-from tmcp_storage_server.core.ports import Clock, Repository
+from tmcp_storage_server.core.ports import Cache, Clock, Repository
 from tmcp_storage_server.core.writes import Writer, WriteSession
 from tmcp_storage_server.errors import (
     InvalidArgument,
     StorageError,
     TooManyOperations,
 )
-from tmcp_storage_server.model import Principal, Space
+from tmcp_storage_server.model import Entry, Principal, Space
 
 MAX_ITEMS = 1000
 MAX_BATCH_BYTES = 16 * 1024 * 1024
@@ -71,15 +71,19 @@ def _prepare(op: Operation) -> Operation:
 class BatchService:
     """BatchGet, BatchSet, BatchDelete and Execute."""
 
-    def __init__(self, *, repository: Repository, writer: Writer, clock: Clock) -> None:
+    def __init__(
+        self, *, repository: Repository, writer: Writer, clock: Clock, cache: Cache | None = None
+    ) -> None:
         self._repository = repository
         self._writer = writer
         self._clock = clock
+        self._cache = cache
 
     async def batch_get(
-        self, principal: Principal, space: Space, keys: Sequence[str]
+        self, principal: Principal, space: Space, keys: Sequence[str], *, strong: bool = False
     ) -> BatchResult:
-        """One result per key, in request order; duplicates answered twice."""
+        """One result per key, in request order; duplicates answered twice. ``strong``
+        reads the database; otherwise the cache may answer."""
         authorize(principal, validate.space(space), Action.READ)
         _check_size("keys", [GetCommand(k) for k in keys])
         errors: dict[int, StorageError] = {}
@@ -88,8 +92,15 @@ class BatchService:
                 validate.key(key)
             except InvalidArgument as error:
                 errors[index] = _at(error, "keys", index)
-        wanted = [k for i, k in enumerate(keys) if i not in errors]
-        found, revision = await self._repository.get_many(space, wanted, self._clock.now())
+        wanted = list(dict.fromkeys(k for i, k in enumerate(keys) if i not in errors))
+
+        async def load(missed: Sequence[str]) -> tuple[dict[str, Entry], int]:
+            return await self._repository.get_many(space, missed, self._clock.now())
+
+        if strong or self._cache is None:
+            found, revision = await load(wanted)
+        else:
+            found, revision = await self._cache.get_many(space, wanted, load)
         results = [
             ItemResult(key, error=errors[i])
             if i in errors

@@ -15,7 +15,7 @@ from tmcp_storage_server.core.commands import (
     WriteResult,
 )
 from tmcp_storage_server.core.pagination import PageToken
-from tmcp_storage_server.core.ports import Clock, Repository
+from tmcp_storage_server.core.ports import Cache, Clock, Repository
 from tmcp_storage_server.core.writes import (
     Writer,
     build_tombstone,
@@ -44,16 +44,29 @@ def validate_put(cmd: PutCommand) -> PutCommand:
 class KeyValueService:
     """Get, Put, Delete, List, Touch and DeletePrefix."""
 
-    def __init__(self, *, repository: Repository, writer: Writer, clock: Clock) -> None:
+    def __init__(
+        self, *, repository: Repository, writer: Writer, clock: Clock, cache: Cache | None = None
+    ) -> None:
         self._repository = repository
         self._writer = writer
         self._clock = clock
+        self._cache = cache
 
-    async def get(self, principal: Principal, space: Space, key: str) -> tuple[Entry, int]:
-        """The live entry of ``key`` and the space revision; NotFound otherwise."""
+    async def get(
+        self, principal: Principal, space: Space, key: str, *, strong: bool = False
+    ) -> tuple[Entry, int]:
+        """The live entry of ``key`` and the revision it was read at; NotFound otherwise.
+        ``strong`` reads the database; otherwise the cache may answer."""
         authorize(principal, validate.space(space), Action.READ)
         validate.key(key)
-        entry, revision = await self._repository.get(space, key, self._clock.now())
+
+        async def load() -> tuple[Entry | None, int]:
+            return await self._repository.get(space, key, self._clock.now())
+
+        if strong or self._cache is None:
+            entry, revision = await load()
+        else:
+            entry, revision = await self._cache.get(space, key, load)
         if entry is None:
             raise NotFound(key)
         return entry, revision

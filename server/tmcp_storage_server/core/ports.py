@@ -3,11 +3,14 @@
 A ``Repository`` stores spaces; every write goes through a ``SpaceTransaction``, which
 holds the space's row locked from the first statement to commit, so revision, usage and
 quota decisions are serialized per space and never made on stale data.
+
+A ``Cache`` serves eventually consistent reads in front of the repository; the write
+path tells it what each commit stored. Compare-and-set decisions never consult it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -238,4 +241,43 @@ class Repository(Protocol):
     async def compact(self, before: datetime, now: datetime) -> int:
         """Forget history older than ``before``: change rows, tombstones and push
         outcomes, raising each touched space's horizon; returns rows removed."""
+        ...
+
+
+Load = Callable[[], Awaitable[tuple[Entry | None, int]]]
+"""Reads one key from the repository: its live entry or None, and the space revision."""
+
+LoadMany = Callable[[Sequence[str]], Awaitable[tuple[Mapping[str, Entry], int]]]
+"""Reads keys from the repository: their live entries (absent keys left out), and the
+space revision of that one snapshot."""
+
+
+class Cache(Protocol):
+    """Read-through cache of live entries, kept coherent with every committed write.
+
+    Every answer carries the space revision it was read at; a cached answer is only ever
+    replaced by one read at the same or a newer revision, and never outlives the entry's
+    expiry.
+    """
+
+    async def get(self, space: Space, key: str, load: Load) -> tuple[Entry | None, int]:
+        """The live entry of ``key`` (or None) and the revision it was read at; ``load``
+        is called on a miss."""
+        ...
+
+    async def get_many(
+        self, space: Space, keys: Sequence[str], load: LoadMany
+    ) -> tuple[dict[str, Entry], int]:
+        """Live entries of ``keys`` (absent keys left out) and the newest revision among
+        the answers; ``load`` is called once with the keys that missed."""
+        ...
+
+    async def written(self, space: Space, revision: int, entries: Sequence[Entry]) -> None:
+        """After a commit: ``entries`` (tombstones included) are the space's state at
+        ``revision``. Updates this process's cache and tells every other process."""
+        ...
+
+    async def unknown(self, space: Space, revision: int, keys: Sequence[str]) -> None:
+        """A commit of ``keys`` at ``revision`` failed in a way that leaves unknown whether
+        it happened: forget them here and everywhere, without filling anything."""
         ...

@@ -3,7 +3,8 @@
 A ``WriteSession`` opens the space's transaction, first turns entries whose expiry has
 passed into tombstones (one revision, EXPIRE changes) so that they never count against
 the write, then lets the caller load and stage entries, and at commit checks quota
-against the net change and saves everything under one new revision.
+against the net change and saves everything under one new revision. After the
+transaction commits, the cache (if any) learns every entry the session saved.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from datetime import datetime
 
 from tmcp_storage_server.core import validate
 from tmcp_storage_server.core.commands import PutCommand
-from tmcp_storage_server.core.ports import ChangeFeed, Repository, SpaceTransaction
+from tmcp_storage_server.core.ports import Cache, ChangeFeed, Repository, SpaceTransaction
 from tmcp_storage_server.errors import AlreadyExists, QuotaExceeded, VersionMismatch
 from tmcp_storage_server.model import (
     Change,
@@ -141,6 +142,8 @@ class WriteSession:
         self._staged: dict[str, _Staged] = {}
         self._loaded: dict[str, Entry | None] = {}
         self._bytes_delta = self._keys_delta = 0
+        self.saved: dict[str, Entry] = {}
+        """Every entry saved so far (swept or staged), the last one per key."""
 
     @property
     def tx(self) -> SpaceTransaction:
@@ -186,6 +189,7 @@ class WriteSession:
             used_keys=self._used_keys,
         )
         self.revision = revision
+        self.saved.update((t.key, t) for t in tombstones)
         return len(due)
 
     async def load(self, keys: Sequence[str]) -> dict[str, Entry]:
@@ -281,19 +285,27 @@ class WriteSession:
         )
         self.revision, self._used_bytes, self._used_keys = revision, used_bytes, used_keys
         self._loaded.update((k, s.entry) for k, s in self._staged.items())
+        self.saved.update((key, s.entry) for key, s in self._staged.items())
         self._staged.clear()
         self._bytes_delta = self._keys_delta = 0
 
 
 class Writer:
-    """Opens write sessions on a repository; after a commit that changed the space, the
-    change feed (if any) wakes the space's watchers."""
+    """Opens write sessions on a repository. After a commit, the cache (if any) learns
+    every entry the session saved, and the change feed (if any) wakes the space's
+    watchers."""
 
     def __init__(
-        self, *, repository: Repository, defaults: QuotaLimits, feed: ChangeFeed | None = None
+        self,
+        *,
+        repository: Repository,
+        defaults: QuotaLimits,
+        cache: Cache | None = None,
+        feed: ChangeFeed | None = None,
     ) -> None:
         self._repository = repository
         self._defaults = defaults
+        self._cache = cache
         self._feed = feed
 
     @asynccontextmanager
@@ -302,11 +314,25 @@ class Writer:
     ) -> AsyncIterator[WriteSession]:
         """A session whose staged writes commit when the block exits normally; ``keys``
         (those the session will load) are read together with taking the lock."""
-        async with self._repository.transaction(space, keys) as tx:
-            session = WriteSession(tx, now=now, limits=effective_limits(self._defaults, tx.state))
-            start = session.revision
-            await session.sweep_expired()
-            yield session
-            await session.commit()
+        staged_all = False
+        try:
+            async with self._repository.transaction(space, keys) as tx:
+                session = WriteSession(
+                    tx, now=now, limits=effective_limits(self._defaults, tx.state)
+                )
+                start = session.revision
+                await session.sweep_expired()
+                yield session
+                await session.commit()
+                staged_all = True
+        except BaseException:
+            # Failing at COMMIT leaves unknown whether it happened: drop those keys from
+            # every cache rather than risk serving what it overwrote.
+            if staged_all and self._cache is not None and session.saved:
+                await self._cache.unknown(space, session.revision, list(session.saved))
+            raise
+        # Only after the commit: a cache must never hold what a rollback undid.
+        if self._cache is not None and session.saved:
+            await self._cache.written(space, session.revision, list(session.saved.values()))
         if self._feed is not None and session.revision != start:
             self._feed.notify(space)
