@@ -38,25 +38,20 @@ def _handler(methods: dict[str, Any]) -> grpc.GenericRpcHandler[Any, Any]:
 
 
 async def echo(port: int) -> None:
-    """Every method answers one fixed GetResponse, without parsing the request."""
+    """KeyValue/Get answers one fixed GetResponse: the request is parsed and the response
+    serialized as by any generated servicer, and nothing else is done."""
     reply = kv_pb2.GetResponse(
         header=types_pb2.ResponseHeader(revision=1),
         entry=types_pb2.Entry(key="k", value=types_pb2.Value(raw=b"x" * 100), version=1),
-    ).SerializeToString()
+    )
 
-    async def answer(request: bytes, context: Any) -> bytes:
+    async def answer(request: kv_pb2.GetRequest, context: Any) -> kv_pb2.GetResponse:
         return reply
 
-    handler = grpc.unary_unary_rpc_method_handler(answer)
-    await _serve(
-        port,
-        _handler(
-            {
-                f"/tmcp.storage.v1.{name}": handler
-                for name in ("KeyValue/Get", "KeyValue/Put", "Batch/BatchGet", "Batch/BatchSet")
-            }
-        ),
+    handler = grpc.unary_unary_rpc_method_handler(
+        answer, kv_pb2.GetRequest.FromString, kv_pb2.GetResponse.SerializeToString
     )
+    await _serve(port, _handler({"/tmcp.storage.v1.KeyValue/Get": handler}))
 
 
 async def floor(port: int, url: str) -> None:

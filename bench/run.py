@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import direct, h2
 from tests.e2e.harness import ServerProcess, token
 
+REDIS_URL = os.environ.get("STORAGE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 ADMIN_URL = os.environ.get(
     "STORAGE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
@@ -211,6 +212,36 @@ def scenarios(echo: Target, floor: Target, storage: list[Target]) -> list[Scenar
     return rows
 
 
+def memory_check(url: str, redis: dict[str, str]) -> float:
+    """Peak RSS (MiB) of one worker with the default 64 MiB L1 after writing 200k keys of
+    100 B and reading each of them through the cache (BatchGet, so L1 fills and evicts)."""
+    from tmcp_storage import Client, SetItem, Space
+
+    keys = 200_000
+    env = {
+        "STORAGE_WORKERS": "1",
+        "STORAGE_LIMIT_KEYS": str(keys),
+        "STORAGE_LIMIT_BYTES": str(keys * 200),
+        **redis,
+    }
+    server = ServerProcess(url, env=env).start()
+    try:
+        with Client(
+            server.target, token=token(APP, "mem"), space=Space(APP, "mem"), timeout=120
+        ) as client:
+            for start in range(0, keys, 1000):
+                client.batch_set(
+                    [SetItem(f"m/{i:06d}", b"x" * 100) for i in range(start, start + 1000)]
+                )
+            for start in range(0, keys, 1000):
+                got = client.batch_get([f"m/{i:06d}" for i in range(start, start + 1000)])
+                assert all(r.found for r in got.results)
+        assert server.process is not None
+        return h2.peak_rss_mib(h2.process_tree(server.process.pid))
+    finally:
+        server.stop()
+
+
 def check_grpc_status(scenario: Scenario) -> None:
     """h2load sees HTTP status only: make one real call and require grpc-status 0."""
     import grpc
@@ -292,12 +323,23 @@ def main() -> None:
         storage_targets = []
         servers = []
         try:
-            configurations: list[tuple[str, dict[str, str]]] = [("storage w1", {})]
-            for name, env in configurations:
+            prefix = f"bench-{uuid.uuid4().hex[:8]}:"
+            redis = {"STORAGE_REDIS_URL": REDIS_URL, "STORAGE_REDIS_PREFIX": prefix}
+            configurations: list[tuple[str, dict[str, str], bool]] = [
+                ("w1 L1+Redis", {"STORAGE_WORKERS": "1", **redis}, True),
+                (
+                    "w1 Redis only",
+                    {"STORAGE_WORKERS": "1", "STORAGE_CACHE_BYTES": "0", **redis},
+                    False,
+                ),
+                ("w1 no cache", {"STORAGE_WORKERS": "1", "STORAGE_CACHE_BYTES": "0"}, False),
+                ("w2 L1+Redis", {"STORAGE_WORKERS": "2", **redis}, True),
+            ]
+            for name, env, full in configurations:
                 server = ServerProcess(url, env=env).start()
                 servers.append(server)
                 assert server.process is not None
-                storage_targets.append(Target(name, server.port, server.process.pid))
+                storage_targets.append(Target(name, server.port, server.process.pid, full=full))
             load_data(servers[0].target)
             rows = scenarios(echo, floor, storage_targets)
             for row in rows:
@@ -314,6 +356,14 @@ def main() -> None:
             for target in (echo, floor, *storage_targets):
                 target.rss_mib = h2.peak_rss_mib(h2.process_tree(target.pid or 0))
             report(rows, direct_rows, [echo, floor, *storage_targets])
+            for server in servers:
+                server.stop()
+            servers.clear()
+            rss = memory_check(url, redis)
+            print(
+                f"peak RSS of a worker (64 MiB L1) after writing and reading 200k keys of "
+                f"100 B: {rss:.0f} MiB (target < 200 MiB)"
+            )
         finally:
             for server in servers:
                 server.stop()
