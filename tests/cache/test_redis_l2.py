@@ -53,6 +53,18 @@ async def test_a_marker_hides_older_reads_and_yields_to_the_read_at_its_revision
     assert found is not None and found.entry is not None and found.entry.value == b"seven"
 
 
+async def test_writes_reload_the_script_after_redis_forgot_it(l2: RedisL2) -> None:
+    # A restarted Redis (or SCRIPT FLUSH) answers NOSCRIPT to EVALSHA: the level loads
+    # the script once and sends its writes again. (Only on this test's own Redis.)
+    await l2.client.script_flush()
+    await l2.store([(KEY, _read(5, b"after flush"))])
+    await l2.client.script_flush()
+    await l2.mark([(KEY, 9)], [])
+    await l2.store([(KEY, _read(9, b"nine"))])
+    [found] = await l2.get_many([KEY])
+    assert found is not None and found.entry is not None and found.entry.value == b"nine"
+
+
 async def test_forget_all_deletes_only_our_prefix(l2: RedisL2, own_redis: RedisServer) -> None:
     await l2.store([(KEY, _read(1))])
     other = RedisL2(client=connect(own_redis.url), prefix="other:", retain=60)

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError
 
 from tmcp_storage_server.model import Entry
 from tmcp_storage_server.store.l1 import CachedRead, CacheKey, marker_rank, read_rank
@@ -127,30 +128,46 @@ class RedisL2:
         """Store each read unless Redis holds a newer one; then publish ``publish``. One
         round trip, in this order, so another process that hears the invalidation and
         reads Redis finds the new item."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for key, read in reads:
-                data = b"" if read.entry is None else encode_entry(read.entry)
-                args: list[bytes | int] = [
-                    read_rank(read.revision),
-                    _ms(read.read_at),
-                    _ms(read.valid_until),
-                    data,
-                    self._retain_ms,
-                ]
-                await self._set_newer(keys=[self.redis_key(key)], args=args, client=pipe)
-            if publish is not None:
-                pipe.publish(self.channel, publish)
-            await pipe.execute()
+        items: list[tuple[CacheKey, list[bytes | int]]] = []
+        for key, read in reads:
+            data = b"" if read.entry is None else encode_entry(read.entry)
+            args: list[bytes | int] = [
+                read_rank(read.revision),
+                _ms(read.read_at),
+                _ms(read.valid_until),
+                data,
+                self._retain_ms,
+            ]
+            items.append((key, args))
+        await self._set_many(items, [publish] if publish is not None else [])
 
     async def mark(self, changes: Sequence[tuple[CacheKey, int]], publish: Sequence[bytes]) -> None:
         """Markers for keys changed at revisions (values unknown), then the messages."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for key, revision in changes:
-                marker: list[bytes | int] = [marker_rank(revision), 0, 0, b"", self._retain_ms]
-                await self._set_newer(keys=[self.redis_key(key)], args=marker, client=pipe)
-            for message in publish:
-                pipe.publish(self.channel, message)
-            await pipe.execute()
+        markers: list[tuple[CacheKey, list[bytes | int]]] = [
+            (key, [marker_rank(revision), 0, 0, b"", self._retain_ms]) for key, revision in changes
+        ]
+        await self._set_many(markers, publish)
+
+    async def _set_many(
+        self, items: Sequence[tuple[CacheKey, list[bytes | int]]], publish: Sequence[bytes]
+    ) -> None:
+        # EVALSHA straight away: a registered script in a pipeline makes redis-py ask
+        # SCRIPT EXISTS first, one more round trip on every write. After a Redis restart
+        # or SCRIPT FLUSH the answer is NOSCRIPT: load it and send the pipeline again
+        # (setting newer items is idempotent; an invalidation heard twice is harmless).
+        for attempt in range(2):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key, args in items:
+                    pipe.evalsha(self._set_newer.sha, 1, self.redis_key(key), *args)
+                for message in publish:
+                    pipe.publish(self.channel, message)
+                try:
+                    await pipe.execute()
+                    return
+                except NoScriptError:
+                    if attempt:
+                        raise
+            await self.client.script_load(_SET_NEWER)
 
     async def forget_all(self) -> int:
         """Delete every item under the prefix (only ours); returns how many."""
