@@ -147,8 +147,8 @@ async def bench_push(
     print(f"Push throughput ({PUSH_SIZE} mutations of {len(VALUE)} B per push, {rounds} rounds)")
     for n in configs:
         print(
-            f"  {n} client{'s' if n > 1 else ' '} in parallel: {fmt(rates[n])} mutations/s;"
-            f" server CPU {fmt(cpu[n])} us per mutation"
+            f"  {f'{n} clients in parallel' if n > 1 else '1 client':>21}: {fmt(rates[n])}"
+            f" mutations/s; server CPU {fmt(cpu[n])} us per mutation"
         )
 
 
@@ -179,7 +179,7 @@ async def bench_pull(target: ServerProcess, url: str, samples: int) -> None:
         )
         analyze(url)
         await pull_all(0)  # warm-up
-        medians = []
+        medians = [statistics.median(r[0] for r in fresh)]
         for limit, label in ((0, "default limit"), (10_000, "limit 10000")):
             runs = [await pull_all(limit) for _ in range(samples)]
             (_, keys, pages) = runs[0]
@@ -188,7 +188,7 @@ async def bench_pull(target: ServerProcess, url: str, samples: int) -> None:
             medians.append(statistics.median(ms))
             note = " (the server coerces limits above 1000 to 1000)" if limit > 1000 else ""
             print(f"  {label}, after ANALYZE: {fmt(ms, 1)} ms in {pages} pages{note}")
-    print(f"  target <= 1000 ms (after ANALYZE): {'met' if max(medians) <= 1000 else 'MISSED'}")
+    print(f"  target <= 1000 ms (every row): {'met' if max(medians) <= 1000 else 'MISSED'}")
 
 
 async def bench_latency(writer: ServerProcess, watcher: ServerProcess, samples: int) -> None:
@@ -294,6 +294,7 @@ def main() -> None:
         "STORAGE_SHUTDOWN_GRACE": "1",
     }
     print(f"sync benchmark: 2 server processes, one PostgreSQL database, Redis prefix {prefix}")
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     with database() as url:
         a = ServerProcess(url, env=env).start()
         b = ServerProcess(url, env=env).start()
@@ -303,6 +304,7 @@ def main() -> None:
             a.stop()
             b.stop()
             clear_redis(prefix)
+    print(f"load average after: {os.getloadavg()[0]:.1f} (other work on the machine skews rates)")
 
 
 if __name__ == "__main__":
