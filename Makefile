@@ -17,7 +17,8 @@ help:
 	@echo "make test         run all tests (needs PostgreSQL and Redis on 127.0.0.1)"
 	@echo "make lint         ruff, mypy --strict, import-linter, buf lint, proto-check"
 	@echo "make proto        regenerate Python code from protos/"
-	@echo "make bench        benchmark against the echo ceiling and the one-query floor"
+	@echo "make bench        benchmark against the echo ceiling and the one-query floor,"
+	@echo "                  then the sync figures (bench/sync.py) against their targets"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -77,9 +78,11 @@ test-unit: $(VENV)/.installed
 
 bench: $(VENV)/.installed /usr/bin/h2load
 	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/sync.py
 
 bench-quick: $(VENV)/.installed /usr/bin/h2load
 	$(PY) bench/run.py --quick
+	$(PY) bench/sync.py --quick
 
 clean:
 	rm -rf build .mypy_cache .pytest_cache .ruff_cache

@@ -188,7 +188,12 @@ class App:
                 auth=auth,
             ),
             sync=SyncServicer(
-                service=SyncService(repository=repository, writer=writer, clock=clock),
+                service=SyncService(
+                    repository=repository,
+                    writer=writer,
+                    clock=clock,
+                    app_strategies=config.app_strategies,
+                ),
                 conflicts=ConflictService(repository=repository, writer=writer, clock=clock),
                 watcher=watcher,
                 auth=auth,

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tmcp_storage_server.model import QuotaLimits
+from tmcp_storage_server.model import ConflictStrategy, QuotaLimits
 
 MIB = 1024 * 1024
 
@@ -70,6 +70,9 @@ class Config:
     with RESOURCE_EXHAUSTED ``SLOW_CONSUMER`` and its resume cursor."""
     watch_poll: float = 5.0
     """``STORAGE_WATCH_POLL``: seconds between a watcher's reads when nothing woke it."""
+    app_strategies: Mapping[str, ConflictStrategy] = field(default_factory=dict)
+    """``STORAGE_APP_STRATEGIES``: ``app1=merge,app2=manual``: the conflict strategy of a
+    push (or Stream) that names none, per app; other apps get LAST_WRITE_WINS."""
     db_pool_size: int = 10
     """``STORAGE_DB_POOL_SIZE``: PostgreSQL connections per process."""
     log_level: str = "INFO"
@@ -127,6 +130,7 @@ class Config:
             watch_max_lag=_int(values, "STORAGE_WATCH_MAX_LAG", d.watch_max_lag),
             watch_poll=_float(values, "STORAGE_WATCH_POLL", d.watch_poll),
             history_retention=_float(values, "STORAGE_HISTORY_RETENTION", d.history_retention),
+            app_strategies=parse_app_strategies(values.get("STORAGE_APP_STRATEGIES", "")),
             log_level=values.get("STORAGE_LOG_LEVEL", d.log_level).upper(),
         )
         if not 0 < config.limits.max_value_bytes <= MIB:
@@ -159,6 +163,29 @@ _DEFAULTS = Config()
 
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+_STRATEGY_NAMES = {
+    s.name.lower(): s for s in ConflictStrategy if s is not ConflictStrategy.UNSPECIFIED
+}
+
+
+def parse_app_strategies(text: str) -> dict[str, ConflictStrategy]:
+    """``app1=merge, app2=manual`` as a map; strategy names are case-insensitive and may use
+    ``-`` for ``_`` (``keep-both``)."""
+    result: dict[str, ConflictStrategy] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        app, sep, name = (s.strip() for s in item.partition("="))
+        strategy = _STRATEGY_NAMES.get(name.lower().replace("-", "_"))
+        if not sep or not app or strategy is None:
+            raise ConfigError(
+                f"STORAGE_APP_STRATEGIES: {item!r} is not app=strategy with strategy one of "
+                + ", ".join(sorted(_STRATEGY_NAMES))
+            )
+        if app in result:
+            raise ConfigError(f"STORAGE_APP_STRATEGIES names app {app!r} twice")
+        result[app] = strategy
+    return result
 
 
 def _int(values: Mapping[str, str], name: str, default: int) -> int:

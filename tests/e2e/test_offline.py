@@ -20,6 +20,7 @@ from tmcp_storage import (
 )
 from tmcp_storage.offline import OfflineStore
 
+from tests.e2e.accounting import Ledger, RecordingClient, check_outcomes_are_stored
 from tests.e2e.harness import ServerProcess, token
 
 
@@ -65,25 +66,31 @@ def test_manual_conflict_reaches_the_callback_and_adopts_the_server(
 
 @pytest.mark.parametrize("seed", [4, 11])
 def test_stores_converge_after_random_offline_work(
-    alice: Client, tmp_path: Path, seed: int
+    server: ServerProcess, app_id: str, alice: Client, tmp_path: Path, seed: int
 ) -> None:
     rng = random.Random(seed)
     strategies = [Strategy.LAST_WRITE_WINS, Strategy.MERGE, Strategy.MANUAL, Strategy.KEEP_BOTH]
+    recorder = RecordingClient(
+        server.target, token=token(app_id, "alice"), space=Space(app_id, "alice"), retries=0
+    )
     stores = [
         OfflineStore(
-            str(tmp_path / f"s{i}.db"), alice, client_id=f"device-{i}", strategy=strategies[i % 4]
+            str(tmp_path / f"s{i}.db"),
+            recorder,
+            client_id=f"device-{i}",
+            strategy=strategies[i % 4],
         )
         for i in range(5)
     ]
     keys = [f"k{i}" for i in range(6)]
     for _ in range(8):
-        for store in stores:
+        for index, store in enumerate(stores):
             for _ in range(rng.randint(0, 4)):
                 key = rng.choice(keys)
                 if rng.random() < 0.2:
                     store.delete(key)
                 elif rng.random() < 0.5:
-                    store.put(key, {"n": rng.randint(0, 99), "by": id(store) % 7})
+                    store.put(key, {"n": rng.randint(0, 99), "by": index})
                 else:
                     store.put(key, bytes([rng.randint(0, 255)]))
             if rng.random() < 0.5:  # online this round
@@ -92,13 +99,20 @@ def test_stores_converge_after_random_offline_work(
         store.sync()
     for store in stores:
         store.pull()
-    server = {e.key: e.value for e in alice.list(include_values=True)}
-    assert list(alice.conflicts(include_resolved=True)), "the run made no conflicts"
-    assert list(alice.conflicts(include_resolved=True)), "the run made no conflicts"
+    server_state = {e.key: e.value for e in alice.list(include_values=True)}
     for store in stores:
         assert store.pending == 0
-        assert dict(store.items()) == server
+        assert dict(store.items()) == server_state
         store.close()
+    # Every pushed mutation is accounted for: its effect, or what replaced it, or its record.
+    records = {c.conflict_id: c for c in alice.conflicts(include_resolved=True)}
+    assert records, "the run made no conflicts"
+    ledger = Ledger(records)
+    ledger.replay(recorder.pushes)
+    assert ledger.state() == server_state
+    assert ledger.counts.get(Result.APPLIED) and ledger.counts.get(Result.CONFLICT)
+    check_outcomes_are_stored(alice, recorder.pushes)
+    recorder.close()
 
 
 def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:

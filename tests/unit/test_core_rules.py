@@ -11,7 +11,7 @@ from tmcp_storage_server.core import validate
 from tmcp_storage_server.core.access import Action, authorize, authorize_app
 from tmcp_storage_server.core.pagination import PageToken
 from tmcp_storage_server.errors import InvalidArgument, PermissionDenied, Unauthenticated
-from tmcp_storage_server.model import Principal, Scope, Space
+from tmcp_storage_server.model import ConflictStrategy, Principal, Scope, Space
 from tmcp_storage_server.store.codec import pack_value, prefix_upper_bound, unpack_value
 
 RW = frozenset({Scope.READ, Scope.WRITE})
@@ -160,3 +160,19 @@ def test_cache_and_worker_settings() -> None:
     ):
         with pytest.raises(ConfigError):
             Config.from_env({**pg, **env})
+
+
+def test_app_strategies_setting() -> None:
+    assert Config.from_env({}).app_strategies == {}
+    setting = " app1=merge, app2 = MANUAL,app3=keep-both,app4=last_write_wins,"
+    config = Config.from_env({"STORAGE_APP_STRATEGIES": setting})
+    assert config.app_strategies == {
+        "app1": ConflictStrategy.MERGE,
+        "app2": ConflictStrategy.MANUAL,
+        "app3": ConflictStrategy.KEEP_BOTH,
+        "app4": ConflictStrategy.LAST_WRITE_WINS,
+    }
+    for bad in ("app1", "app1=", "=merge", "app1=newest", "app1=unspecified", "a=merge,a=manual"):
+        with pytest.raises(ConfigError) as caught:
+            Config.from_env({"STORAGE_APP_STRATEGIES": bad})
+        assert "STORAGE_APP_STRATEGIES" in str(caught.value)

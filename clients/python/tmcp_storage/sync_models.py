@@ -16,7 +16,8 @@ class Strategy(enum.StrEnum):
     """How the server settles a mutation whose `base_version` is stale."""
 
     DEFAULT = "default"
-    """The app's default: last write wins."""
+    """The app's configured default on the server (``STORAGE_APP_STRATEGIES``), else last
+    write wins."""
     LAST_WRITE_WINS = "last_write_wins"
     MERGE = "merge"
     MANUAL = "manual"

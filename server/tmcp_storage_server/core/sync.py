@@ -12,7 +12,7 @@ the client's new last id are written in the same transaction. A permanent failur
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from tmcp_storage_server.core import validate
 from tmcp_storage_server.core.access import Action, authorize
@@ -103,12 +103,18 @@ class SyncService:
         repository: Repository,
         writer: Writer,
         clock: Clock,
-        default_strategy: ConflictStrategy = ConflictStrategy.LAST_WRITE_WINS,
+        app_strategies: Mapping[str, ConflictStrategy] | None = None,
     ) -> None:
         self._repository = repository
         self._writer = writer
         self._clock = clock
-        self._default_strategy = default_strategy
+        self._app_strategies = dict(app_strategies or {})
+
+    def strategy_for(self, space: Space, requested: ConflictStrategy) -> ConflictStrategy:
+        """The request's strategy, else the app's configured default, else LAST_WRITE_WINS."""
+        if requested is not ConflictStrategy.UNSPECIFIED:
+            return requested
+        return self._app_strategies.get(space.app_id, ConflictStrategy.LAST_WRITE_WINS)
 
     async def push(
         self,
@@ -122,9 +128,7 @@ class SyncService:
         authorize(principal, validate.space(space), Action.WRITE)
         validate_client_id(client_id)
         check_sequence(mutations)
-        chosen = (
-            strategy if strategy is not ConflictStrategy.UNSPECIFIED else self._default_strategy
-        )
+        chosen = self.strategy_for(space, strategy)
         async with self._writer.session(space, self._clock.now()) as session:
             client = await session.tx.sync_client(client_id)
             if client is not None and client.owner != principal.subject:
