@@ -28,10 +28,15 @@ GET = _WITH_REVISION.format(
     space=SPACE,
     entries=f"SELECT {ENTRY_COLUMNS} FROM entries WHERE {SPACE} AND key = %(key)s AND {_LIVE}",
 )
+# Keys of a batch are looked up one primary-key probe each (LATERAL .. LIMIT 1 keeps the
+# planner from turning "key = ANY(keys)" into a scan of the whole space filtered by the
+# array: seconds for 1,000 keys in a 200k-key space under a generic plan, 5 ms this way).
+_EACH_KEY = """SELECT m.* FROM unnest(%(keys)b::text[]) AS k(wanted)
+  CROSS JOIN LATERAL (SELECT {columns} FROM entries
+    WHERE {space} AND key = k.wanted{live} LIMIT 1) AS m"""
 GET_MANY = _WITH_REVISION.format(
     space=SPACE,
-    entries=f"""SELECT {ENTRY_COLUMNS} FROM entries
-      WHERE {SPACE} AND key = ANY(%(keys)b::text[]) AND {_LIVE}""",
+    entries=_EACH_KEY.format(columns=ENTRY_COLUMNS, space=SPACE, live=f" AND {_LIVE}"),
 )
 # Lower bounds "key >= low AND key > after" are both index conditions: the btree scan
 # starts at the tighter of the two. Without a prefix there is no upper bound, and a
@@ -73,7 +78,7 @@ LOCK_SPACE = """SELECT s.revision, s.used_bytes, s.used_keys, s.limit_bytes, s.l
   WHERE s.user_id = %(user_id)s AND s.app_id = %(app_id)s FOR UPDATE OF s"""
 NEXT_EXPIRY = f"""SELECT MIN(expires_at) FROM entries
   WHERE {SPACE} AND NOT deleted AND expires_at IS NOT NULL"""
-LOAD = f"SELECT {ENTRY_COLUMNS} FROM entries WHERE {SPACE} AND key = ANY(%(keys)b::text[])"
+LOAD = _EACH_KEY.format(columns=ENTRY_COLUMNS, space=SPACE, live="")
 LOAD_PREFIX = f"""SELECT {ENTRY_COLUMNS_NO_VALUE} FROM entries
   WHERE {SPACE} AND {_LIVE} AND key >= %(low)s AND key < %(high)s ORDER BY key"""
 LOAD_FROM = f"""SELECT {ENTRY_COLUMNS_NO_VALUE} FROM entries
