@@ -91,18 +91,24 @@ def test_stores_converge_after_random_offline_work(
                     store.delete(key)
                 elif rng.random() < 0.5:
                     store.put(key, {"n": rng.randint(0, 99), "by": index})
-                else:
-                    store.put(key, bytes([rng.randint(0, 255)]))
+                else:  # some with a TTL long enough to outlive the test
+                    ttl = 600.0 if rng.random() < 0.5 else None
+                    store.put(key, bytes([rng.randint(0, 255)]), ttl=ttl)
             if rng.random() < 0.5:  # online this round
                 store.sync()
+    stores[0].put("with-ttl", b"last", ttl=600.0)  # at least one TTL write survives
     for store in stores:
         store.sync()
     for store in stores:
         store.pull()
-    server_state = {e.key: e.value for e in alice.list(include_values=True)}
+    listed = list(alice.list(include_values=True))
+    server_state = {e.key: e.value for e in listed}
+    server_expiry = {e.key: e.expires_at for e in listed}
+    assert any(server_expiry.values()), "the run stored no TTL write"
     for store in stores:
         assert store.pending == 0
         assert dict(store.items()) == server_state
+        assert {key: store.expires_at(key) for key in server_state} == server_expiry
         store.close()
     # Every pushed mutation is accounted for: its effect, or what replaced it, or its record.
     records = {c.conflict_id: c for c in alice.conflicts(include_resolved=True)}
@@ -113,6 +119,28 @@ def test_stores_converge_after_random_offline_work(
     assert ledger.counts.get(Result.APPLIED) and ledger.counts.get(Result.CONFLICT)
     check_outcomes_are_stored(alice, recorder.pushes)
     recorder.close()
+
+
+def test_ttl_writes_expire_locally_and_on_the_server(alice: Client, tmp_path: Path) -> None:
+    store = OfflineStore(str(tmp_path / "ttl.db"), alice, client_id="phone")
+    store.put("short", b"x", ttl=0.6)
+    store.put("long", b"y", ttl=600)
+    assert store.get("short") == b"x"
+    store.sync()
+    server_short = alice.get("short").expires_at
+    assert server_short is not None and store.expires_at("short") == server_short
+    time.sleep(0.8)
+    assert store.get("short") is None  # hidden locally at once, before any sync
+    with pytest.raises(NotFound):
+        alice.get("short")
+    _eventually(lambda: _pulled_expiry(store))
+    assert dict(store.items()) == {"long": b"y"}
+    store.close()
+
+
+def _pulled_expiry(store: OfflineStore) -> bool:
+    store.pull()  # the server's sweep turns the expiry into an EXPIRE change
+    return store.expires_at("short") is None  # a tombstone now, not an expired value
 
 
 def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:

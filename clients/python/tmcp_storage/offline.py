@@ -26,7 +26,9 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -47,10 +49,11 @@ log = logging.getLogger(__name__)
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, value BLOB, is_json INTEGER
-        NOT NULL, content_type TEXT NOT NULL, server_version INTEGER NOT NULL)""",
+        NOT NULL, content_type TEXT NOT NULL, server_version INTEGER NOT NULL,
+        expires_at REAL)""",
     """CREATE TABLE IF NOT EXISTS queue (mutation_id INTEGER PRIMARY KEY, key TEXT NOT NULL,
         value BLOB, is_json INTEGER NOT NULL, is_delete INTEGER NOT NULL,
-        base_version INTEGER)""",
+        base_version INTEGER, ttl REAL)""",
     "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
 _PUSH_CHUNK = 500
@@ -115,33 +118,50 @@ class OfflineStore:
     def get(self, key: str) -> Any:
         """The local value of `key` (bytes, or the decoded JSON), or None when absent."""
         row = self._db.execute(
-            "SELECT value, is_json FROM entries WHERE key = ? AND value IS NOT NULL", (key,)
+            "SELECT value, is_json FROM entries WHERE key = ? AND value IS NOT NULL"
+            " AND (expires_at IS NULL OR expires_at > ?)",
+            (key, time.time()),
         ).fetchone()
         return None if row is None else _decode(row[0], bool(row[1]))
+
+    @_locked
+    def expires_at(self, key: str) -> datetime | None:
+        """When the local entry of `key` expires (None: never, or absent). After a sync
+        it is the server's expiry."""
+        row = self._db.execute(
+            "SELECT expires_at FROM entries WHERE key = ? AND value IS NOT NULL", (key,)
+        ).fetchone()
+        return None if row is None or row[0] is None else datetime.fromtimestamp(row[0], UTC)
 
     def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
         """Local `(key, value)` pairs under `prefix`, in key order."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT key, value, is_json FROM entries WHERE value IS NOT NULL"
+                " AND (expires_at IS NULL OR expires_at > ?)"
                 " AND substr(key, 1, ?) = ? ORDER BY key",
-                (len(prefix), prefix),
+                (time.time(), len(prefix), prefix),
             ).fetchall()
         for key, value, is_json in rows:
             yield key, _decode(value, bool(is_json))
 
     @_locked
-    def put(self, key: str, value: object) -> None:
-        """Write locally and queue the write (bytes raw, anything else JSON)."""
+    def put(self, key: str, value: object, *, ttl: float | timedelta | None = None) -> None:
+        """Write locally and queue the write (bytes raw, anything else JSON). With `ttl`
+        the entry expires that long after this call, here and on the server (which
+        counts from when the write reaches it)."""
         data, is_json = _encode(value)
-        self._write(key, data, is_json)
+        seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
+        if seconds is not None and seconds <= 0:
+            raise ValueError("ttl must be positive")
+        self._write(key, data, is_json, seconds)
 
     @_locked
     def delete(self, key: str) -> None:
         """Delete locally and queue the deletion."""
         self._write(key, None, False)
 
-    def _write(self, key: str, data: bytes | None, is_json: bool) -> None:
+    def _write(self, key: str, data: bytes | None, is_json: bool, ttl: float | None = None) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -149,14 +169,16 @@ class OfflineStore:
             base = row[0] if row is not None else 0
             mutation_id = self._meta_int("next_mutation_id", 1)
             db.execute(
-                "INSERT INTO queue VALUES (?, ?, ?, ?, ?, ?)",
-                (mutation_id, key, data, int(is_json), int(data is None), base),
+                "INSERT INTO queue VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (mutation_id, key, data, int(is_json), int(data is None), base, ttl),
             )
             self._set_meta("next_mutation_id", mutation_id + 1)
+            expires_at = None if ttl is None else time.time() + ttl
             db.execute(
-                "INSERT INTO entries VALUES (?, ?, ?, '', ?) ON CONFLICT (key) DO UPDATE SET"
-                " value = excluded.value, is_json = excluded.is_json",
-                (key, data, int(is_json), base),
+                "INSERT INTO entries VALUES (?, ?, ?, '', ?, ?) ON CONFLICT (key) DO UPDATE SET"
+                " value = excluded.value, is_json = excluded.is_json,"
+                " expires_at = excluded.expires_at",
+                (key, data, int(is_json), base, expires_at),
             )
             db.execute("COMMIT")
         except BaseException:
@@ -203,7 +225,7 @@ class OfflineStore:
 
     def _queued(self) -> list[Mutation]:
         rows = self._db.execute(
-            "SELECT mutation_id, key, value, is_json, is_delete, base_version FROM queue"
+            "SELECT mutation_id, key, value, is_json, is_delete, base_version, ttl FROM queue"
             " ORDER BY mutation_id LIMIT ?",
             (_PUSH_CHUNK,),
         ).fetchall()
@@ -214,8 +236,9 @@ class OfflineStore:
                 value=None if is_delete else _decode(value, bool(is_json)),
                 delete=bool(is_delete),
                 base_version=base,
+                ttl=ttl,
             )
-            for mid, key, value, is_json, is_delete, base in rows
+            for mid, key, value, is_json, is_delete, base, ttl in rows
         ]
 
     def _settle(self, key: str, outcome: MutationOutcome) -> None:
@@ -281,8 +304,8 @@ class OfflineStore:
             return  # a local write is waiting: it goes to the server on the next push
         if change.entry is None:  # remembered, so that a re-creation has the right base
             self._db.execute(
-                "INSERT INTO entries VALUES (?, NULL, 0, '', ?) ON CONFLICT (key) DO UPDATE SET"
-                " value = NULL, server_version = excluded.server_version",
+                "INSERT INTO entries VALUES (?, NULL, 0, '', ?, NULL) ON CONFLICT (key) DO UPDATE"
+                " SET value = NULL, server_version = excluded.server_version, expires_at = NULL",
                 (change.key, change.version),
             )
         else:
@@ -290,11 +313,13 @@ class OfflineStore:
 
     def _store_entry(self, entry: Entry) -> None:
         data, is_json = _encode(entry.value)
+        expires_at = entry.expires_at.timestamp() if entry.expires_at is not None else None
         self._db.execute(
-            "INSERT INTO entries VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET"
+            "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET"
             " value = excluded.value, is_json = excluded.is_json,"
-            " content_type = excluded.content_type, server_version = excluded.server_version",
-            (entry.key, data, int(is_json), entry.content_type, entry.version),
+            " content_type = excluded.content_type, server_version = excluded.server_version,"
+            " expires_at = excluded.expires_at",
+            (entry.key, data, int(is_json), entry.content_type, entry.version, expires_at),
         )
 
     # -- live sync over Stream ---------------------------------------------------------
