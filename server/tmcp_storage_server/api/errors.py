@@ -8,11 +8,13 @@ internal text.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from tmcp_storage_server import errors
 
@@ -113,3 +115,17 @@ def not_implemented_status(what: str) -> status_pb2.Status:
     return status_pb2.Status(
         code=code_pb2.UNIMPLEMENTED, message=f"{what} is not implemented yet", details=[_pack(info)]
     )
+
+
+async def abort(
+    context: grpc.aio.ServicerContext[Any, Any], error: BaseException, where: str
+) -> None:
+    """End the call with the status of ``error``: a StorageError's own, anything else
+    INTERNAL (logged here, never sent)."""
+    if isinstance(error, errors.StorageError):
+        status = to_status(error)
+    else:
+        log.error("unexpected error in %s", where, exc_info=error)
+        status = internal_status()
+    rich = rpc_status.to_status(status)
+    await context.abort(rich.code, rich.details, rich.trailing_metadata)

@@ -7,19 +7,14 @@ the response; domain errors become rich statuses from the one table in ``api.err
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
 import grpc
-from grpc_status import rpc_status
 
 from tmcp_storage_server.api.auth import TokenVerifier
-from tmcp_storage_server.api.errors import internal_status, to_status
-from tmcp_storage_server.errors import StorageError
+from tmcp_storage_server.api.errors import abort
 from tmcp_storage_server.model import Principal
-
-log = logging.getLogger(__name__)
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -44,13 +39,8 @@ def unary(
         try:
             principal = self.auth.authenticate(context.invocation_metadata())
             return await method(self, request, principal)
-        except StorageError as exc:
-            status = to_status(exc)
-        except Exception:
-            log.exception("unexpected error in %s", method.__qualname__)
-            status = internal_status()
-        rich = rpc_status.to_status(status)
-        await context.abort(rich.code, rich.details, rich.trailing_metadata)
-        raise AssertionError("abort returned")  # pragma: no cover
+        except Exception as exc:
+            await abort(context, exc, method.__qualname__)
+            raise AssertionError("abort returned") from exc  # pragma: no cover
 
     return handle

@@ -10,24 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.rpc import status_pb2
-from grpc_status import rpc_status
 from tmcp.storage.v1 import sync_pb2
 
 from tmcp_storage_server.api import convert, sync_convert
 from tmcp_storage_server.api.auth import TokenVerifier
-from tmcp_storage_server.api.errors import internal_status, to_status
+from tmcp_storage_server.api.errors import abort, to_status
 from tmcp_storage_server.core.sync import SyncService
 from tmcp_storage_server.core.watch import WatchEvent, WatchService
 from tmcp_storage_server.errors import InvalidArgument, StorageError
 from tmcp_storage_server.model import Principal, Space
-
-log = logging.getLogger(__name__)
 
 LAG_CHECK = 0.5
 """Seconds between lag checks while a change message waits for its consumer."""
@@ -63,11 +58,8 @@ class StreamHandlers:
                 )
                 await self._write_watched(context, message, space, delivered)
                 delivered = event.cursor
-        except StorageError as exc:
-            await _abort(context, to_status(exc))
-        except Exception:
-            log.exception("unexpected error in Watch")
-            await _abort(context, internal_status())
+        except Exception as exc:
+            await abort(context, exc, "Watch")
 
     async def _write_watched(
         self, context: _Context, message: Any, space: Space, delivered: str
@@ -113,11 +105,8 @@ class StreamHandlers:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()  # a half-closed request stream ends the call normally
-        except StorageError as exc:
-            await _abort(context, to_status(exc))
-        except Exception:
-            log.exception("unexpected error in Stream")
-            await _abort(context, internal_status())
+        except Exception as exc:
+            await abort(context, exc, "Stream")
         finally:
             for task in tasks:
                 task.cancel()
@@ -188,8 +177,3 @@ class _Session:
             async with self._lock:
                 await self._handlers._write_watched(self._context, message, self._space, delivered)
             delivered = event.cursor
-
-
-async def _abort(context: _Context, status: status_pb2.Status) -> None:
-    rich = rpc_status.to_status(status)
-    await context.abort(rich.code, rich.details, rich.trailing_metadata)

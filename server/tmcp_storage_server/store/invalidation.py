@@ -97,8 +97,66 @@ class Notifier(Protocol):
         ...
 
 
-class RedisSubscriber:
+class ChannelSubscriber:
+    """What every invalidation channel shares: deliver messages, and after any failure
+    report the channel down, wait, and listen anew. A subclass opens one listening
+    ``_session`` (which calls ``_up`` once it can no longer miss a message) and names the
+    errors that mean the channel is unreachable."""
+
+    transient: tuple[type[BaseException], ...] = (OSError, ConnectionError)
+
+    def __init__(
+        self,
+        *,
+        channel: str,
+        on_message: Callable[[Invalidation], None],
+        on_up: Callable[[], Awaitable[None]],
+        on_down: Callable[[str], None],
+    ) -> None:
+        self._channel = channel
+        self._on_message = on_message
+        self._on_up = on_up
+        self._on_down = on_down
+        self._recheck = asyncio.Event()
+
+    def recheck(self) -> None:
+        """A publish failed elsewhere: listen anew (and so flush) before trusting it."""
+        self._recheck.set()
+
+    async def run(self) -> None:
+        """Until cancelled: listen, deliver messages, and reconnect after failures."""
+        while True:
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except self.transient as exc:
+                self._on_down(f"{type(exc).__name__}: {exc}")
+            except Exception as exc:
+                log.exception("invalidation channel failed")
+                self._on_down(type(exc).__name__)
+            await asyncio.sleep(RECONNECT_DELAY)
+
+    async def _session(self) -> None:
+        raise NotImplementedError
+
+    async def _up(self) -> None:
+        self._recheck.clear()
+        await self._on_up()
+
+    def _deliver(self, data: bytes) -> None:
+        try:
+            invalidation = Invalidation.decode(data)
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring a malformed invalidation message")
+            return
+        self._on_message(invalidation)
+
+
+class RedisSubscriber(ChannelSubscriber):
     """Keeps a subscription to ``channel`` and reports Redis down and up."""
+
+    transient = (redis.RedisError, OSError, ConnectionError)
 
     def __init__(
         self,
@@ -109,38 +167,15 @@ class RedisSubscriber:
         on_up: Callable[[], Awaitable[None]],
         on_down: Callable[[str], None],
     ) -> None:
+        super().__init__(channel=channel, on_message=on_message, on_up=on_up, on_down=on_down)
         self._client = client
-        self._channel = channel
-        self._on_message = on_message
-        self._on_up = on_up
-        self._on_down = on_down
-        self._recheck = asyncio.Event()
 
-    def recheck(self) -> None:
-        """A Redis call failed elsewhere: resubscribe (and so flush) before trusting it."""
-        self._recheck.set()
-
-    async def run(self) -> None:
-        """Until cancelled: subscribe, deliver messages, and reconnect after failures."""
-        while True:
-            try:
-                await self._subscribed()
-            except asyncio.CancelledError:
-                raise
-            except (redis.RedisError, OSError, ConnectionError) as exc:
-                self._on_down(f"{type(exc).__name__}: {exc}")
-            except Exception as exc:
-                log.exception("invalidation subscriber failed")
-                self._on_down(f"{type(exc).__name__}")
-            await asyncio.sleep(RECONNECT_DELAY)
-
-    async def _subscribed(self) -> None:
+    async def _session(self) -> None:
         pubsub = self._client.pubsub()
         try:
             await pubsub.subscribe(self._channel)
             await self._confirmed(pubsub)
-            self._recheck.clear()
-            await self._on_up()
+            await self._up()
             await self._listen(pubsub)
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -169,11 +204,3 @@ class RedisSubscriber:
                 await pubsub.ping()
                 next_ping = now + PING_EVERY
         raise ConnectionError("a Redis call failed")
-
-    def _deliver(self, data: bytes) -> None:
-        try:
-            invalidation = Invalidation.decode(data)
-        except (ValueError, KeyError, TypeError):
-            log.warning("ignoring a malformed invalidation message")
-            return
-        self._on_message(invalidation)

@@ -10,21 +10,17 @@ bytes, so messages are split smaller.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import psycopg
 from psycopg import sql
 
-from tmcp_storage_server.store.invalidation import Invalidation
-
-log = logging.getLogger(__name__)
+from tmcp_storage_server.store.invalidation import ChannelSubscriber, Invalidation
 
 CONNECT_TIMEOUT = 2
 CHECK_EVERY = 0.5
 """Seconds between liveness checks of the listening connection."""
-RECONNECT_DELAY = 0.25
 _NOTIFY = "SELECT pg_notify(%s, %s)"
 
 
@@ -78,8 +74,10 @@ class PostgresNotifier:
             self._conn = None
 
 
-class PostgresSubscriber:
+class PostgresSubscriber(ChannelSubscriber):
     """LISTENs on ``channel`` and reports the channel down and up."""
+
+    transient = (psycopg.Error, OSError, ConnectionError)
 
     def __init__(
         self,
@@ -90,49 +88,18 @@ class PostgresSubscriber:
         on_up: Callable[[], Awaitable[None]],
         on_down: Callable[[str], None],
     ) -> None:
+        super().__init__(channel=channel, on_message=on_message, on_up=on_up, on_down=on_down)
         self._url = url
-        self._channel = channel
-        self._on_message = on_message
-        self._on_up = on_up
-        self._on_down = on_down
-        self._recheck = asyncio.Event()
 
-    def recheck(self) -> None:
-        """A NOTIFY failed elsewhere: listen anew (and so flush) before trusting it."""
-        self._recheck.set()
-
-    async def run(self) -> None:
-        """Until cancelled: listen, deliver notifications, reconnect after failures."""
-        while True:
-            try:
-                await self._listening()
-            except asyncio.CancelledError:
-                raise
-            except (psycopg.Error, OSError) as exc:
-                self._on_down(f"{type(exc).__name__}: {exc}")
-            except Exception as exc:
-                log.exception("invalidation listener failed")
-                self._on_down(type(exc).__name__)
-            await asyncio.sleep(RECONNECT_DELAY)
-
-    async def _listening(self) -> None:
+    async def _session(self) -> None:
         async with await _connect(self._url) as conn:
             await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
-            self._recheck.clear()
-            await self._on_up()
+            await self._up()
             while not self._recheck.is_set():
                 started = time.monotonic()
                 async for notify in conn.notifies(timeout=CHECK_EVERY):
-                    self._deliver(notify.payload)
+                    self._deliver(notify.payload.encode())
                     if time.monotonic() - started > CHECK_EVERY:
                         break
                 await asyncio.wait_for(conn.execute("SELECT 1"), CHECK_EVERY * 2)
         raise ConnectionError("a NOTIFY failed")
-
-    def _deliver(self, payload: str) -> None:
-        try:
-            invalidation = Invalidation.decode(payload.encode())
-        except (ValueError, KeyError, TypeError):
-            log.warning("ignoring a malformed invalidation notification")
-            return
-        self._on_message(invalidation)
