@@ -9,6 +9,7 @@ GEN_DIR := clients/python
 GEN_PKG := $(GEN_DIR)/tmcp/storage/v1
 PROTO_DEPS := build/proto-deps
 PROTOS := $(wildcard protos/tmcp/storage/v1/*.proto)
+WEB_GEN := clients/web/src/gen
 
 .PHONY: help install run test test-unit lint proto proto-check proto-deps bench bench-quick clean
 
@@ -35,10 +36,11 @@ install: $(VENV)/.installed node_modules/.installed
 run: $(VENV)/.installed
 	$(PY) -m tmcp_storage_server serve
 
-# The googleapis proto we import, taken from the pinned googleapis-common-protos wheel.
+# The googleapis protos we import (status) or decode (error_details, for the TypeScript
+# client), taken from the pinned googleapis-common-protos wheel.
 proto-deps: $(VENV)/.installed
 	@mkdir -p $(PROTO_DEPS)/google/rpc
-	@cp "$$($(PY) -c 'import google.rpc.status_pb2 as m, os; print(os.path.dirname(m.__file__))')/status.proto" $(PROTO_DEPS)/google/rpc/status.proto
+	@for f in status error_details; do cp "$$($(PY) -c 'import google.rpc.status_pb2 as m, os; print(os.path.dirname(m.__file__))')/$$f.proto" $(PROTO_DEPS)/google/rpc/$$f.proto; done
 
 # Generated code is written only here, from pinned grpcio-tools and mypy-protobuf.
 define generate
@@ -49,14 +51,24 @@ define generate
 	  $(1)/tmcp/py.typed
 endef
 
-proto: proto-deps
-	$(call generate,$(GEN_DIR))
+# TypeScript for the web client: buf generate with the pinned local protoc-gen-es (npm).
+define generate_ts
+	rm -rf $(1) && mkdir -p $(1)
+	PATH="$(CURDIR)/node_modules/.bin:$$PATH" $(BUF) generate --template clients/web/buf.gen.yaml -o $(1)
+endef
 
-proto-check: proto-deps
+proto: proto-deps node_modules/.installed
+	$(call generate,$(GEN_DIR))
+	$(call generate_ts,$(WEB_GEN))
+
+proto-check: proto-deps node_modules/.installed
 	@rm -rf build/proto-check && mkdir -p build/proto-check
 	@$(call generate,build/proto-check) >/dev/null 2>&1
 	@diff -r -x __pycache__ build/proto-check/tmcp/storage/v1 $(GEN_PKG) \
 	  || { echo "generated code differs from protos/: run 'make proto' and commit"; exit 1; }
+	@$(call generate_ts,build/proto-check-ts) >/dev/null 2>&1
+	@diff -r build/proto-check-ts $(WEB_GEN) \
+	  || { echo "generated TypeScript differs from protos/: run 'make proto' and commit"; exit 1; }
 	@echo "proto-check: generated code matches protos/"
 
 lint: install proto-check
