@@ -1,0 +1,412 @@
+/**
+ * `StorageClient`: the storage service over gRPC-Web, for browsers, webviews and Node.
+ *
+ *     const kv = new StorageClient({ baseUrl: "https://storage.example", token, space });
+ *     await kv.put("profile", { name: "Ann" });
+ *     const entry = await kv.get("profile");
+ *
+ * Every method returns plain objects (models.ts, sync.ts) and throws `StorageError`
+ * subclasses chosen by the `ErrorInfo.reason` the server sent (errors.ts). UNAVAILABLE
+ * is retried with backoff, as the Python client does: the server answers it only when
+ * the call took no effect, so another attempt is safe even for a write.
+ */
+
+import { type CallOptions, type Client, type Interceptor, createClient } from "@connectrpc/connect";
+import { createGrpcWebTransport } from "@connectrpc/connect-web";
+import { decodeBatch, encodeDeleteItem, encodeOperation, encodeSetItem, writeFields } from "./batch.js";
+import { decodeEntry, decodeUsage, encodeSpace, encodeTime, encodeTtl, encodeValue, int64, num, revisionOf } from "./codec.js";
+import { Cancelled, Unavailable, fromError } from "./errors.js";
+import { Batch } from "./gen/tmcp/storage/v1/batch_pb.js";
+import { KeyValue } from "./gen/tmcp/storage/v1/kv_pb.js";
+import { Quota } from "./gen/tmcp/storage/v1/quota_pb.js";
+import { Resolution, Sync } from "./gen/tmcp/storage/v1/sync_pb.js";
+import { Consistency } from "./gen/tmcp/storage/v1/types_pb.js";
+import type {
+  BatchResult,
+  DeleteItem,
+  DeleteResult,
+  Entry,
+  Operation,
+  PutResult,
+  QuotaInfo,
+  SetItem,
+  Space,
+  ValueInput,
+  WriteOptions,
+} from "./models.js";
+import {
+  type Conflict,
+  type Mutation,
+  type PullResult,
+  type PushResult,
+  type Strategy,
+  type SyncStatus,
+  type WatchEvent,
+  decodeChange,
+  decodeConflict,
+  decodeOutcome,
+  encodeMutation,
+  encodeStrategy,
+  when,
+} from "./sync.js";
+
+/** A bearer token, or a function giving one for each attempt (so that it may refresh). */
+export type TokenSource = string | (() => string | Promise<string>);
+
+/** How to reach the server. */
+export interface ClientOptions {
+  /** The gRPC-Web endpoint (the gateway, or Envoy), e.g. `http://127.0.0.1:8080`. */
+  readonly baseUrl: string;
+  readonly token?: TokenSource;
+  /** The default space of every call. */
+  readonly space?: Space;
+  /** Default deadline of a call in seconds, retries included; 0 for none. Default 10. */
+  readonly timeout?: number;
+  /** Attempts after the first on UNAVAILABLE. Default 3. */
+  readonly retries?: number;
+  /** The fetch to use (default globalThis.fetch). */
+  readonly fetch?: typeof globalThis.fetch;
+}
+
+/** Options every call takes. */
+export interface CallSettings {
+  /** The space of this call, instead of the client's default. */
+  readonly space?: Space;
+  /** The deadline of this call in seconds, retries included; 0 for none. */
+  readonly timeout?: number;
+  /** Aborting it cancels the call (Cancelled). */
+  readonly signal?: AbortSignal;
+}
+
+type Services = {
+  kv: Client<typeof KeyValue>;
+  batch: Client<typeof Batch>;
+  quota: Client<typeof Quota>;
+  sync: Client<typeof Sync>;
+};
+
+/** A client of the storage service; see the module documentation. */
+export class StorageClient {
+  private readonly services: Services;
+  private readonly defaultSpace: Space | undefined;
+  private readonly timeout: number;
+  private readonly retries: number;
+
+  constructor(options: ClientOptions) {
+    const transport = createGrpcWebTransport({
+      baseUrl: options.baseUrl,
+      useBinaryFormat: true,
+      interceptors: [authInterceptor(options.token)],
+      ...(options.fetch === undefined ? {} : { fetch: options.fetch }),
+    });
+    this.services = {
+      kv: createClient(KeyValue, transport),
+      batch: createClient(Batch, transport),
+      quota: createClient(Quota, transport),
+      sync: createClient(Sync, transport),
+    };
+    this.defaultSpace = options.space;
+    this.timeout = options.timeout ?? 10;
+    this.retries = options.retries ?? 3;
+  }
+
+  /** Read one entry; NotFound if absent or expired. `strong` bypasses caches. */
+  async get(key: string, options: CallSettings & { strong?: boolean } = {}): Promise<Entry> {
+    const consistency = options.strong ? Consistency.STRONG : Consistency.UNSPECIFIED;
+    const response = await this.call(options, (o) =>
+      this.services.kv.get({ space: this.space(options), key, consistency }, o),
+    );
+    return decodeEntry(required(response.entry, "entry"));
+  }
+
+  /**
+   * Create or replace an entry: a Uint8Array is stored raw, anything else as JSON.
+   * `expectedVersion` undefined writes unconditionally, 0 only creates, N needs version N.
+   */
+  async put(key: string, value: ValueInput, options: CallSettings & WriteOptions = {}): Promise<PutResult> {
+    const fields = writeFields({ ...options, key, value });
+    const response = await this.call(options, (o) => this.services.kv.put({ ...fields, space: this.space(options) }, o));
+    return {
+      entry: decodeEntry(required(response.entry, "entry")),
+      usage: decodeUsage(response.usage),
+      revision: revisionOf(response.header),
+    };
+  }
+
+  /** Delete one key; an absent key gives `deleted: false`, not an error. */
+  async delete(key: string, options: CallSettings & { expectedVersion?: number } = {}): Promise<DeleteResult> {
+    const expected = options.expectedVersion;
+    const response = await this.call(options, (o) =>
+      this.services.kv.delete(
+        {
+          space: this.space(options),
+          key,
+          expectedVersion: expected === undefined ? undefined : int64(expected, "expectedVersion"),
+        },
+        o,
+      ),
+    );
+    return { deleted: response.deleted, usage: decodeUsage(response.usage), revision: revisionOf(response.header) };
+  }
+
+  /** The entries under `prefix` in key order, fetched page by page. */
+  async *list(
+    prefix = "",
+    options: CallSettings & { pageSize?: number; includeValues?: boolean; maxBytes?: number } = {},
+  ): AsyncGenerator<Entry> {
+    let pageToken = "";
+    do {
+      const response = await this.call(options, (o) =>
+        this.services.kv.list(
+          {
+            space: this.space(options),
+            prefix,
+            pageSize: options.pageSize ?? 100,
+            pageToken,
+            includeValues: options.includeValues ?? false,
+            maxBytes: BigInt(options.maxBytes ?? 0),
+          },
+          o,
+        ),
+      );
+      for (const entry of response.entries) yield decodeEntry(entry);
+      pageToken = response.nextPageToken;
+    } while (pageToken !== "");
+  }
+
+  /** Set (`ttl` seconds or `expiresAt`) or clear a key's expiry without a new version. */
+  async touch(key: string, options: CallSettings & { ttl?: number; expiresAt?: Date; clearTtl?: boolean }): Promise<Entry> {
+    const response = await this.call(options, (o) =>
+      this.services.kv.touch(
+        {
+          space: this.space(options),
+          key,
+          ttl: options.ttl === undefined ? undefined : encodeTtl(options.ttl),
+          expiresAt: options.expiresAt === undefined ? undefined : encodeTime(options.expiresAt),
+          clearTtl: options.clearTtl ?? false,
+        },
+        o,
+      ),
+    );
+    return decodeEntry(required(response.entry, "entry"));
+  }
+
+  /** A space's limits, usage and headroom. */
+  async quota(options: CallSettings = {}): Promise<QuotaInfo> {
+    const response = await this.call(options, (o) => this.services.quota.getQuota({ space: this.space(options) }, o));
+    const usage = required(decodeUsage(response.usage), "usage");
+    return {
+      ...usage,
+      availableBytes: num(response.availableBytes),
+      availableKeys: num(response.availableKeys),
+      revision: revisionOf(response.header),
+    };
+  }
+
+  /** Read up to 1000 keys: one result per key, in request order; missing is `found: false`. */
+  async batchGet(keys: readonly string[], options: CallSettings & { strong?: boolean } = {}): Promise<BatchResult> {
+    const consistency = options.strong ? Consistency.STRONG : Consistency.UNSPECIFIED;
+    const response = await this.call(options, (o) =>
+      this.services.batch.batchGet({ space: this.space(options), keys: [...keys], consistency }, o),
+    );
+    return decodeBatch(response);
+  }
+
+  /** Write up to 1000 entries in one revision; atomic: all or nothing. */
+  async batchSet(items: readonly SetItem[], options: CallSettings & { atomic?: boolean } = {}): Promise<BatchResult> {
+    const encoded = items.map(encodeSetItem);
+    const response = await this.call(options, (o) =>
+      this.services.batch.batchSet({ space: this.space(options), items: encoded, atomic: options.atomic ?? false }, o),
+    );
+    return decodeBatch(response);
+  }
+
+  /** Delete up to 1000 keys in one revision (strings delete unconditionally). */
+  async batchDelete(
+    items: readonly (DeleteItem | string)[],
+    options: CallSettings & { atomic?: boolean } = {},
+  ): Promise<BatchResult> {
+    const encoded = items.map(encodeDeleteItem);
+    const response = await this.call(options, (o) =>
+      this.services.batch.batchDelete({ space: this.space(options), items: encoded, atomic: options.atomic ?? false }, o),
+    );
+    return decodeBatch(response);
+  }
+
+  /** Mixed reads and writes in order; atomic reads see the batch's own earlier writes. */
+  async execute(operations: readonly Operation[], options: CallSettings & { atomic?: boolean } = {}): Promise<BatchResult> {
+    const encoded = operations.map(encodeOperation);
+    const response = await this.call(options, (o) =>
+      this.services.batch.execute({ space: this.space(options), operations: encoded, atomic: options.atomic ?? false }, o),
+    );
+    return decodeBatch(response);
+  }
+
+  /**
+   * Push queued mutations in order (ids rise by one). Safe to repeat after a lost reply:
+   * already applied ids come back `duplicate` with their first outcome.
+   */
+  async push(
+    clientId: string,
+    mutations: readonly Mutation[],
+    options: CallSettings & { strategy?: Strategy } = {},
+  ): Promise<PushResult> {
+    const encoded = mutations.map(encodeMutation);
+    const strategy = encodeStrategy(options.strategy ?? "default");
+    const response = await this.call(options, (o) =>
+      this.services.sync.push({ space: this.space(options), clientId, mutations: encoded, strategy }, o),
+    );
+    return {
+      outcomes: response.outcomes.map(decodeOutcome),
+      lastMutationId: num(response.lastMutationId),
+      revision: revisionOf(response.header),
+    };
+  }
+
+  /** One page of keys changed since `cursor` ("" for everything). */
+  async pull(cursor = "", options: CallSettings & { limit?: number; clientId?: string } = {}): Promise<PullResult> {
+    const response = await this.call(options, (o) =>
+      this.services.sync.pull(
+        { space: this.space(options), cursor, limit: options.limit ?? 0, clientId: options.clientId ?? "" },
+        o,
+      ),
+    );
+    return {
+      changes: response.changes.map(decodeChange),
+      cursor: response.cursor,
+      hasMore: response.hasMore,
+      reset: response.reset,
+      lastMutationId: num(response.lastMutationId),
+      revision: revisionOf(response.header),
+    };
+  }
+
+  /** The server's cursor and what it knows of `clientId`. */
+  async status(clientId = "", options: CallSettings = {}): Promise<SyncStatus> {
+    const r = await this.call(options, (o) => this.services.sync.getStatus({ space: this.space(options), clientId }, o));
+    return {
+      revision: revisionOf(r.header),
+      cursor: r.cursor,
+      lastMutationId: num(r.lastMutationId),
+      lastPushTime: when(r.lastPushTime),
+      lastPullTime: when(r.lastPullTime),
+      openConflicts: num(r.openConflicts),
+      historyHorizonRevision: num(r.historyHorizonRevision),
+      historyHorizonTime: when(r.historyHorizonTime),
+    };
+  }
+
+  /** Conflict records (open ones unless `includeResolved`), page after page. */
+  async *conflicts(
+    prefix = "",
+    options: CallSettings & { includeResolved?: boolean; pageSize?: number } = {},
+  ): AsyncGenerator<Conflict> {
+    let pageToken = "";
+    do {
+      const response = await this.call(options, (o) =>
+        this.services.sync.listConflicts(
+          {
+            space: this.space(options),
+            keyPrefix: prefix,
+            includeResolved: options.includeResolved ?? false,
+            pageSize: options.pageSize ?? 100,
+            pageToken,
+          },
+          o,
+        ),
+      );
+      for (const conflict of response.conflicts) yield decodeConflict(conflict);
+      pageToken = response.nextPageToken;
+    } while (pageToken !== "");
+  }
+
+  /**
+   * Settle an open conflict with the client's value, the server's, or `value`; returns
+   * the new entry (undefined when the chosen side was a deletion).
+   */
+  async resolveConflict(
+    conflictId: string,
+    resolution: "client" | "server" | "value",
+    options: CallSettings & { value?: ValueInput; contentType?: string } = {},
+  ): Promise<Entry | undefined> {
+    const numbers = { client: Resolution.CLIENT, server: Resolution.SERVER, value: Resolution.VALUE };
+    const value = resolution === "value" ? encodeValue(required(options.value, "value")) : undefined;
+    const response = await this.call(options, (o) =>
+      this.services.sync.resolveConflict(
+        {
+          space: this.space(options),
+          conflictId,
+          resolution: numbers[resolution],
+          value,
+          contentType: options.contentType ?? "",
+        },
+        o,
+      ),
+    );
+    return response.entry === undefined ? undefined : decodeEntry(response.entry);
+  }
+
+  /**
+   * Changes since `cursor` ("" = from now on), then live ones, with heartbeats; every
+   * event's `cursor` resumes after it. Runs until `signal` aborts (then it just ends) or
+   * the server ends it with an error (SLOW_CONSUMER, UNAVAILABLE at shutdown): resume with
+   * the last event's cursor. No deadline applies unless `timeout` is given.
+   */
+  async *watch(cursor = "", options: CallSettings & { prefix?: string } = {}): AsyncGenerator<WatchEvent> {
+    const request = { space: this.space(options), cursor, keyPrefix: options.prefix ?? "" };
+    const stream = this.services.sync.watch(request, {
+      timeoutMs: options.timeout === undefined || options.timeout === 0 ? undefined : options.timeout * 1000,
+      signal: options.signal,
+    });
+    try {
+      for await (const response of stream) {
+        yield { changes: response.changes.map(decodeChange), cursor: response.cursor, heartbeat: response.heartbeat };
+      }
+    } catch (error) {
+      const failure = fromError(error);
+      if (failure instanceof Cancelled && options.signal?.aborted) return;
+      throw failure;
+    }
+  }
+
+  private space(options: CallSettings): Space & { $typeName: "tmcp.storage.v1.Space" } {
+    const space = options.space ?? this.defaultSpace;
+    if (space === undefined) throw new TypeError("no space: pass one to the call or to the client");
+    return encodeSpace(space);
+  }
+
+  /** One unary call: the deadline over all attempts, retries on UNAVAILABLE, typed errors. */
+  private async call<T>(settings: CallSettings, attempt: (options: CallOptions) => Promise<T>): Promise<T> {
+    const timeout = settings.timeout ?? this.timeout;
+    const deadline = timeout > 0 ? Date.now() + timeout * 1000 : undefined;
+    for (let retry = 0; ; retry++) {
+      const left = deadline === undefined ? undefined : Math.max(deadline - Date.now(), 1);
+      try {
+        return await attempt({ timeoutMs: left, signal: settings.signal });
+      } catch (error) {
+        const failure = fromError(error);
+        if (!(failure instanceof Unavailable) || retry >= this.retries || settings.signal?.aborted) throw failure;
+        // Jitter keeps clients that failed together from retrying together.
+        const backoff = Math.min(2, 0.05 * 2 ** retry) * (0.5 + Math.random() / 2);
+        const delay = Math.max(backoff, failure.retryDelay ?? 0) * 1000;
+        if (deadline !== undefined && Date.now() + delay >= deadline) throw failure;
+        await new Promise((resolve) => setTimeout(resolve, delay));
+      }
+    }
+  }
+}
+
+function authInterceptor(token: TokenSource | undefined): Interceptor {
+  return (next) => async (request) => {
+    if (token !== undefined) {
+      const value = typeof token === "string" ? token : await token();
+      request.header.set("authorization", `Bearer ${value}`);
+    }
+    return next(request);
+  };
+}
+
+function required<T>(value: T | undefined, what: string): T {
+  if (value === undefined) throw new TypeError(`missing ${what}`);
+  return value;
+}
