@@ -33,6 +33,9 @@ node_modules/.installed: package.json package-lock.json
 
 install: $(VENV)/.installed node_modules/.installed
 
+# The gRPC-Web gateway is on for make run, for pages served from itself or localhost:8080.
+run: export STORAGE_WEB_LISTEN ?= 127.0.0.1:8080
+run: export STORAGE_WEB_ORIGINS ?= http://localhost:8080,http://127.0.0.1:8080
 run: $(VENV)/.installed
 	$(PY) -m tmcp_storage_server serve
 

@@ -6,6 +6,7 @@ Every setting is a ``STORAGE_*`` environment variable; the command line may over
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -77,6 +78,11 @@ class Config:
     """``STORAGE_DB_POOL_SIZE``: PostgreSQL connections per process."""
     log_level: str = "INFO"
     """``STORAGE_LOG_LEVEL``."""
+    web_listen: str = ""
+    """``STORAGE_WEB_LISTEN``: host:port of the in-process gRPC-Web gateway; "" = off."""
+    web_origins: tuple[str, ...] = ()
+    """``STORAGE_WEB_ORIGINS``: comma-separated exact origins (``scheme://host[:port]``,
+    or ``*`` for any) that browsers may call the gateway from; other origins are refused."""
 
     @property
     def embedded(self) -> bool:
@@ -132,6 +138,8 @@ class Config:
             history_retention=_float(values, "STORAGE_HISTORY_RETENTION", d.history_retention),
             app_strategies=parse_app_strategies(values.get("STORAGE_APP_STRATEGIES", "")),
             log_level=values.get("STORAGE_LOG_LEVEL", d.log_level).upper(),
+            web_listen=parse_web_listen(values.get("STORAGE_WEB_LISTEN", d.web_listen)),
+            web_origins=parse_origins(values.get("STORAGE_WEB_ORIGINS", "")),
         )
         if not 0 < config.limits.max_value_bytes <= MIB:
             raise ConfigError("STORAGE_MAX_VALUE_BYTES must be 1..1048576")
@@ -186,6 +194,29 @@ def parse_app_strategies(text: str) -> dict[str, ConflictStrategy]:
             raise ConfigError(f"STORAGE_APP_STRATEGIES names app {app!r} twice")
         result[app] = strategy
     return result
+
+
+def parse_web_listen(text: str) -> str:
+    """``STORAGE_WEB_LISTEN``: "" (off) or host:port."""
+    listen = text.strip()
+    if listen and (":" not in listen or not listen.rsplit(":", 1)[1].isdigit()):
+        raise ConfigError(f"STORAGE_WEB_LISTEN must be host:port or empty, not {listen!r}")
+    return listen
+
+
+_ORIGIN = re.compile(r"https?://[^/\s:]+(:\d{1,5})?|https?://\[[0-9a-fA-F:.]+\](:\d{1,5})?")
+
+
+def parse_origins(text: str) -> tuple[str, ...]:
+    """``STORAGE_WEB_ORIGINS``: exact origins as a browser sends them (no path, no
+    trailing slash), or ``*``."""
+    origins = tuple(filter(None, (part.strip() for part in text.split(","))))
+    for origin in origins:
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            raise ConfigError(
+                f"STORAGE_WEB_ORIGINS: {origin!r} is not an origin like http://host:port"
+            )
+    return origins
 
 
 def _int(values: Mapping[str, str], name: str, default: int) -> int:

@@ -18,6 +18,7 @@ from tmcp_storage_server.api.auth import mint_token
 
 TEST_SECRET = "test-secret-" + "x" * 32
 _LISTENING = re.compile(r"listening on \S+ \(port (\d+)\)")
+_GATEWAY = re.compile(r"gRPC-Web gateway on \S+ \(port (\d+)\)")
 
 
 @dataclass
@@ -29,6 +30,8 @@ class ServerProcess:
     port: int = 0
     process: subprocess.Popen[str] | None = None
     log_path: str = ""
+    web_port: int = 0
+    """The gRPC-Web gateway's port, when ``STORAGE_WEB_LISTEN`` is set."""
 
     @property
     def target(self) -> str:
@@ -64,11 +67,18 @@ class ServerProcess:
             match = _LISTENING.search(self.log())
             if match:
                 self.port = int(match.group(1))
+                gateway = _GATEWAY.search(self.log())
+                self.web_port = int(gateway.group(1)) if gateway else 0
                 self._wait_serving(deadline)
                 return self
             time.sleep(0.02)
         self.kill()
         raise RuntimeError("server did not start:\n" + self.log())
+
+    @property
+    def web_url(self) -> str:
+        """Base URL of the gRPC-Web gateway."""
+        return f"http://127.0.0.1:{self.web_port}"
 
     def log(self) -> str:
         """Everything the server printed so far."""
