@@ -28,7 +28,7 @@
  */
 
 import type { StorageClient } from "./client.js";
-import { NotFound, OutOfRange, fromError } from "./errors.js";
+import { InvalidArgument, NotFound, OutOfRange, fromError } from "./errors.js";
 import { openDatabase, request, transact } from "./idb.js";
 import type { Entry, JsonValue, Space, ValueInput } from "./models.js";
 import type { Change, Mutation, MutationOutcome, Strategy } from "./sync.js";
@@ -233,8 +233,10 @@ export class OfflineStore {
     try {
       return await this.options.client.get(key, { strong: true, ...this.callOptions() });
     } catch (error) {
-      if (fromError(error) instanceof NotFound) return undefined;
-      throw error;
+      // A key the server refuses to read (invalid) cannot exist there either.
+      const failure = fromError(error);
+      if (failure instanceof NotFound || failure instanceof InvalidArgument) return undefined;
+      throw failure;
     }
   }
 

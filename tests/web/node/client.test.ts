@@ -199,7 +199,7 @@ describe("batch", () => {
 });
 
 describe("sync", () => {
-  test("watch streams a change made by another client; heartbeats carry the cursor", async () => {
+  test("watch streams a change made by another client; every event carries a cursor", async () => {
     const app = freshApp();
     const watcher = connect(app, "alice");
     const writer = connect(app, "alice");
@@ -251,7 +251,8 @@ describe("sync", () => {
     assert.deepEqual(conflicts[0]?.clientValue, { a: 3 });
     assert.deepEqual(conflicts[0]?.serverValue, { a: 2 });
     const resolved = await kv.resolveConflict(conflicts[0]?.conflictId ?? "", "client");
-    assert.deepEqual(resolved?.value, { a: 3 });
+    assert.equal(resolved?.version, 3);
+    assert.deepEqual((await kv.get("n", { strong: true })).value, { a: 3 });
 
     const gap = await failure(kv.push("c1", [{ mutationId: 9, key: "n", value: 0 }]));
     assert.equal(gap.reason, "MUTATION_GAP");
