@@ -10,14 +10,15 @@ GEN_PKG := $(GEN_DIR)/tmcp/storage/v1
 PROTO_DEPS := build/proto-deps
 PROTOS := $(wildcard protos/tmcp/storage/v1/*.proto)
 WEB_GEN := clients/web/src/gen
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: help install run test test-unit lint proto proto-check proto-deps bench bench-quick clean
 
 help:
 	@echo "make run          start the server (SQLite under ./data unless STORAGE_DATABASE_URL)"
 	@echo "make test         run all tests (needs PostgreSQL and Redis on 127.0.0.1)"
-	@echo "make lint         ruff, mypy --strict, import-linter, buf lint, proto-check"
-	@echo "make proto        regenerate Python code from protos/"
+	@echo "make lint         ruff, mypy --strict, import-linter, buf lint, proto-check, tsc"
+	@echo "make proto        regenerate Python and TypeScript code from protos/"
 	@echo "make bench        benchmark against the echo ceiling and the one-query floor,"
 	@echo "                  then the sync figures (bench/sync.py) against their targets"
 
@@ -80,9 +81,16 @@ lint: install proto-check
 	$(VENV)/bin/mypy server clients/python tests bench
 	$(VENV)/bin/lint-imports
 	$(BUF) lint
+	npm run --silent typecheck
 
-test: $(VENV)/.installed node_modules/.installed
+test: $(VENV)/.installed node_modules/.installed $(CHROMIUM)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Debian's Chromium for the browser tests of the web client (tests/web); playwright-core
+# drives it, and never downloads a browser of its own.
+$(CHROMIUM):
+	apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; } \
+	  || sudo sh -c 'apt-get update -q && apt-get install -y -q chromium'
 
 test-unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

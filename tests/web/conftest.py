@@ -78,17 +78,22 @@ def run(command: Sequence[str], *, env: dict[str, str] | None = None, timeout: f
             check=False,
         )
     except subprocess.TimeoutExpired as expired:
-        pytest.fail(f"{' '.join(command)} timed out after {timeout} s:\n{expired.stdout}\n{expired.stderr}")
+        printed = f"{expired.stdout!s}\n{expired.stderr!s}"
+        pytest.fail(f"{' '.join(command)} timed out after {timeout} s:\n{printed}")
     output = done.stdout + done.stderr
     if done.returncode != 0:
         pytest.fail(f"{' '.join(command)} exited {done.returncode}:\n{output}")
     return output
 
 
-def node_tests(files: Sequence[Path], server: ServerProcess, extra: dict[str, str], timeout: float) -> str:
+def node_tests(
+    files: Sequence[Path], server: ServerProcess, extra: dict[str, str], timeout: float
+) -> str:
     """Run bundled node:test files against the server's gateway."""
     env = {"TMCP_WEB_URL": server.web_url, "TMCP_JWT_SECRET": TEST_SECRET, **extra}
-    output = run([NODE, "--test", "--test-reporter=spec", *map(str, files)], env=env, timeout=timeout)
+    output = run(
+        [NODE, "--test", "--test-reporter=spec", *map(str, files)], env=env, timeout=timeout
+    )
     print(output)
     passed = re.search(r"^\S* ?pass (\d+)$", output, re.MULTILINE)
     assert passed and int(passed.group(1)) > 0, f"no test passed:\n{output}"
