@@ -28,7 +28,7 @@
  */
 
 import type { StorageClient } from "./client.js";
-import { InvalidArgument, NotFound, OutOfRange, fromError } from "./errors.js";
+import { InvalidArgument, NotFound, OutOfRange, type StorageError, fromError } from "./errors.js";
 import { openDatabase, request, transact } from "./idb.js";
 import type { Entry, JsonValue, Space, ValueInput } from "./models.js";
 import type { Change, Mutation, MutationOutcome, Strategy } from "./sync.js";
@@ -39,7 +39,11 @@ export type ConflictHandler = (key: string, outcome: MutationOutcome) => void;
 /** How to open a store. */
 export interface OfflineStoreOptions {
   readonly client: StorageClient;
-  /** This replica's id; the first user to push with it in a space owns it there. */
+  /**
+   * This replica's id, one per local database: the first user to push with it in a space
+   * owns it there, and a new database under an old id would see its first writes taken
+   * for duplicates of the old database's.
+   */
   readonly clientId: string;
   /** The space to replicate (default: the client's). */
   readonly space?: Space;
@@ -47,6 +51,8 @@ export interface OfflineStoreOptions {
   readonly onConflict?: ConflictHandler;
   /** Called with the keys a pull or a watch changed locally. */
   readonly onChange?: (keys: readonly string[]) => void;
+  /** In live mode, called with each error that made it wait and try again. */
+  readonly onError?: (error: StorageError) => void;
   /** The IndexedDB database name (default: `tmcp-storage:<clientId>`). */
   readonly name?: string;
   /** Default globalThis.indexedDB (pass fake-indexeddb's in Node). */
@@ -318,8 +324,9 @@ export class OfflineStore {
             delay = first;
             await this.applyAll(event.changes, event.cursor);
           }
-        } catch {
+        } catch (error) {
           // Offline, server restarting, or a push refused: try again after the delay.
+          if (!signal.aborted) this.options.onError?.(fromError(error));
         }
         await new Promise<void>((resolve) => {
           wake = resolve;
