@@ -13,7 +13,8 @@ PROTOS := $(wildcard protos/tmcp/storage/v1/*.proto)
 .PHONY: help install run test test-unit lint proto proto-check proto-deps bench bench-quick clean
 
 help:
-	@echo "make run          start the server (SQLite under ./data unless STORAGE_DATABASE_URL)"
+	@echo "make run          start the server (SQLite under ./data unless STORAGE_DATABASE_URL),"
+	@echo "                  with the gRPC-Web gateway on 127.0.0.1:8080"
 	@echo "make test         run all tests (needs PostgreSQL and Redis on 127.0.0.1)"
 	@echo "make lint         ruff, mypy --strict, import-linter, buf lint, proto-check"
 	@echo "make proto        regenerate Python code from protos/"
