@@ -178,7 +178,7 @@ def test_config() -> None:
     config = Config.from_env(
         {
             "STORAGE_WEB_LISTEN": "127.0.0.1:8080",
-            "STORAGE_WEB_ORIGINS": "http://localhost:8080, https://app.test,http://[::1]:3000",
+            "STORAGE_WEB_ORIGINS": "http://localhost:8080, https://App.test,http://[::1]:3000",
         }
     )
     assert config.web_listen == "127.0.0.1:8080"
