@@ -15,7 +15,8 @@ CHROMIUM := /usr/bin/chromium
 .PHONY: help install run test test-unit lint proto proto-check proto-deps bench bench-quick clean
 
 help:
-	@echo "make run          start the server (SQLite under ./data unless STORAGE_DATABASE_URL)"
+	@echo "make run          start the server (SQLite under ./data unless STORAGE_DATABASE_URL),"
+	@echo "                  with the gRPC-Web gateway on 127.0.0.1:8080"
 	@echo "make test         run all tests (needs PostgreSQL and Redis on 127.0.0.1)"
 	@echo "make lint         ruff, mypy --strict, import-linter, buf lint, proto-check, tsc"
 	@echo "make proto        regenerate Python and TypeScript code from protos/"

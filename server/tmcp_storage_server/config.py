@@ -209,8 +209,8 @@ _ORIGIN = re.compile(r"https?://[^/\s:]+(:\d{1,5})?|https?://\[[0-9a-fA-F:.]+\](
 
 def parse_origins(text: str) -> tuple[str, ...]:
     """``STORAGE_WEB_ORIGINS``: exact origins as a browser sends them (no path, no
-    trailing slash), or ``*``."""
-    origins = tuple(filter(None, (part.strip() for part in text.split(","))))
+    trailing slash; lower-cased, as browsers send them), or ``*``."""
+    origins = tuple(filter(None, (part.strip().lower() for part in text.split(","))))
     for origin in origins:
         if origin != "*" and not _ORIGIN.fullmatch(origin):
             raise ConfigError(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -12,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 import aiohttp
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 from tmcp.storage.v1 import kv_pb2, sync_pb2, types_pb2
 from tmcp_storage import AsyncClient, NotFound, Space
@@ -277,3 +280,74 @@ async def test_requests_the_gateway_refuses(
         assert response.status == 415
     async with session.get(url) as response:
         assert response.status == 405
+
+
+async def test_a_value_of_the_largest_size_in_text_mode(
+    web_server: ServerProcess, session: aiohttp.ClientSession, native: AsyncClient, app_id: str
+) -> None:
+    value = bytes(range(256)) * 4096  # 1 MiB, the largest value a space takes
+    put = kv_pb2.PutRequest(space=space(app_id), key="big", value=types_pb2.Value(raw=value))
+    url = web_server.web_url + KV + "/Put"
+    body = webclient.request_body(put, text=True)
+    reply = await webclient.call(session, url, body, text=True, headers=auth(app_id))
+    assert reply.code == 0, reply.trailers
+    get = webclient.request_body(kv_pb2.GetRequest(space=space(app_id), key="big"), text=True)
+    reply = await webclient.call(
+        session, web_server.web_url + KV + "/Get", get, text=True, headers=auth(app_id)
+    )
+    assert kv_pb2.GetResponse.FromString(reply.messages[0]).entry.value.raw == value
+    assert (await native.get("big")).value == value
+
+
+async def test_shutdown_ends_a_gateway_watch_with_its_cursor(
+    database_url: str, session: aiohttp.ClientSession, app_id: str
+) -> None:
+    process = ServerProcess(database_url, env={"STORAGE_WEB_LISTEN": "127.0.0.1:0"}).start()
+    try:
+        body = webclient.request_body(sync_pb2.WatchRequest(space=space(app_id)))
+        headers = {"content-type": webclient.BINARY, **auth(app_id)}
+        url = process.web_url + "/tmcp.storage.v1.Sync/Watch"
+        async with session.post(url, data=body, headers=headers) as response:
+            frames = webclient.stream_frames(response)
+            flags, _ = await asyncio.wait_for(anext(frames), 10)
+            assert flags == 0
+            process.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            flags, payload = await asyncio.wait_for(anext(frames), 15)
+            assert flags == 0x80
+            _, trailers = webclient.parse_frames(webclient.frame(payload, flags=0x80))
+        reply = webclient.WebReply(200, {}, [], trailers)
+        assert reply.code == grpc.StatusCode.UNAVAILABLE.value[0], trailers
+        info = error_details_pb2.ErrorInfo()
+        assert reply.status().details[0].Unpack(info)
+        assert info.metadata["cursor"]
+        assert process.stop() == 0
+    finally:
+        process.stop()
+
+
+def test_workers_share_the_gateway_port(postgres_url: str) -> None:
+    """Two worker processes each serve gRPC-Web on the one port the supervisor chose."""
+    app_id = "app-" + uuid.uuid4().hex[:12]
+    env = {"STORAGE_WORKERS": "2", "STORAGE_WEB_LISTEN": "127.0.0.1:0"}
+    process = ServerProcess(postgres_url, env=env).start()
+    try:
+        line = r" (\d+) INFO \S+: gRPC-Web gateway on \S+ \(port (\d+)\)"
+        gateways = re.findall(line, process.log())
+        assert len({pid for pid, _ in gateways}) == 2, process.log()
+        assert {int(port) for _, port in gateways} == {process.web_port}
+
+        async def calls() -> None:
+            put = kv_pb2.PutRequest(space=space(app_id), key="k", value=types_pb2.Value(raw=b"v"))
+            for _ in range(6):  # a fresh connection each, spread by SO_REUSEPORT
+                async with aiohttp.ClientSession() as session:
+                    reply = await webclient.call(
+                        session,
+                        process.web_url + KV + "/Put",
+                        webclient.request_body(put),
+                        headers=auth(app_id),
+                    )
+                    assert reply.code == 0, reply.trailers
+
+        asyncio.run(calls())
+    finally:
+        process.stop()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 from tmcp_storage_server.api import gateway_http as http
 from tmcp_storage_server.api import grpcweb
 from tmcp_storage_server.api.gateway import upstream_target
+from tmcp_storage_server.api.gateway_upstream import Upstream
 from tmcp_storage_server.config import Config, ConfigError
 from tmcp_storage_server.errors import InvalidArgument
 
@@ -176,7 +178,7 @@ def test_config() -> None:
     config = Config.from_env(
         {
             "STORAGE_WEB_LISTEN": "127.0.0.1:8080",
-            "STORAGE_WEB_ORIGINS": "http://localhost:8080, https://app.test,http://[::1]:3000",
+            "STORAGE_WEB_ORIGINS": "http://localhost:8080, https://App.test,http://[::1]:3000",
         }
     )
     assert config.web_listen == "127.0.0.1:8080"
@@ -193,3 +195,30 @@ def test_upstream_target() -> None:
     assert upstream_target("0.0.0.0:50051", 50051) == "127.0.0.1:50051"
     assert upstream_target("[::]:50051", 50051) == "[::1]:50051"
     assert upstream_target("localhost:1", 1) == "localhost:1"
+
+
+def test_forwarded_for() -> None:
+    metadata: http.Metadata = [("authorization", "t"), ("x-forwarded-for", "10.0.0.1")]
+    assert http.forwarded_for(metadata, "127.0.0.1") == [
+        ("authorization", "t"),
+        ("x-forwarded-for", "10.0.0.1, 127.0.0.1"),
+    ]
+    assert http.forwarded_for([], "::1") == [("x-forwarded-for", "::1")]
+    assert http.forwarded_for([("a", "b")], None) == [("a", "b")]
+
+
+async def test_upstream_opens_a_channel_per_full_connection() -> None:
+    upstream = Upstream(
+        target="127.0.0.1:1", credentials=None, max_message_bytes=1024, per_channel=2
+    )
+    with contextlib.ExitStack() as calls:
+        leased = [calls.enter_context(upstream.lease()) for _ in range(5)]
+        assert upstream.channels == 3
+        assert leased[0] is leased[1] and leased[2] is leased[3] and leased[4] is not leased[0]
+    with upstream.lease() as again:  # freed slots are reused before opening more
+        assert again in leased
+    assert upstream.channels == 3
+    await upstream.close()
+    assert upstream.channels == 0
+    with pytest.raises(ValueError, match="per_channel"):
+        Upstream(target="x:1", credentials=None, max_message_bytes=1, per_channel=0)

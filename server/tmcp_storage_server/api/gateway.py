@@ -34,6 +34,7 @@ from google.rpc import code_pb2, status_pb2
 
 from tmcp_storage_server.api import gateway_http as http
 from tmcp_storage_server.api import grpcweb
+from tmcp_storage_server.api.gateway_upstream import Upstream
 from tmcp_storage_server.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -41,19 +42,6 @@ log = logging.getLogger(__name__)
 BINARY = "application/grpc-web+proto"
 TEXT = "application/grpc-web-text+proto"
 _PATH = re.compile(r"/[^/]+/[^/]+")
-
-
-def upstream_channel(
-    target: str, credentials: grpc.ChannelCredentials | None, max_message_bytes: int
-) -> grpc.aio.Channel:
-    """The channel to the gRPC port: plaintext, or TLS with ``credentials``."""
-    options = [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-    ]
-    if credentials is None:
-        return grpc.aio.insecure_channel(target, options=options)
-    return grpc.aio.secure_channel(target, credentials, options=options)
 
 
 def upstream_target(listen: str, port: int) -> str:
@@ -116,22 +104,24 @@ class Gateway:
         max_message_bytes: int,
         credentials: grpc.ChannelCredentials | None = None,
         shutdown_grace: float = 10.0,
+        streams_per_connection: int = 100,
     ) -> None:
         self._listen = listen
         self._cors = http.Cors(tuple(origins))
         self._max_message_bytes = max_message_bytes
-        self._channel = upstream_channel(upstream, credentials, max_message_bytes)
+        self._upstream = Upstream(
+            target=upstream,
+            credentials=credentials,
+            max_message_bytes=max_message_bytes,
+            per_channel=streams_per_connection,
+        )
         self._grace = shutdown_grace
         self._runner: web.AppRunner | None = None
         self.port = 0
 
     async def start(self) -> int:
         """Bind (SO_REUSEPORT, so worker processes share the port) and serve; the port."""
-        try:
-            sock = _bind(self._listen)
-        except OSError:
-            await self._channel.close(None)
-            raise
+        sock = _bind(self._listen)
         # Base64 makes a text body 4/3 of its bytes; frame headers add a little.
         app = web.Application(client_max_size=self._max_message_bytes * 4 // 3 + 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
@@ -149,7 +139,7 @@ class Gateway:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        await self._channel.close(None)
+        await self._upstream.close()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         origin = request.headers.get("Origin")
@@ -231,6 +221,7 @@ class Gateway:
             metadata = http.request_metadata(request.headers.items())
         except InvalidArgument as exc:
             raise _Refused(http.invalid(exc.field, exc.message, exc.reason)) from None
+        metadata = http.forwarded_for(metadata, request.remote)
         return data[0].payload, timeout, metadata
 
     async def _forward(
@@ -243,30 +234,41 @@ class Gateway:
         metadata: http.Metadata,
     ) -> None:
         """Call the method upstream and relay headers, messages and trailers."""
-        # No serializers: the message bytes pass through as they are.
-        method = self._channel.unary_stream(request.path, None, None)
-        call = method(payload, metadata=metadata, timeout=deadline)
-        try:
-            headers = await call.initial_metadata()
-            for name, value in http.metadata_headers(headers or ()):
-                response.headers.add(name, value)
-            await response.prepare(request)
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                async for message in call:
-                    await self._write(response, grpcweb.encode_frame(message), text)
-            code = await call.code()
-            trailers = http.status_trailers(
-                code.value[0], await call.details() or "", await call.trailing_metadata() or ()
-            )
-            await self._write(response, grpcweb.encode_trailers(trailers), text)
-            await response.write_eof()
-        except (asyncio.CancelledError, ConnectionError):
-            # The HTTP client went away: end the upstream call with it.
-            call.cancel()
-            raise
-        finally:
-            if not call.done():
+        with self._upstream.lease() as channel:
+            # No serializers: the message bytes pass through as they are.
+            method = channel.unary_stream(request.path, None, None)
+            call = method(payload, metadata=metadata, timeout=deadline)
+            try:
+                await self._relay(request, response, text, call)
+            except (asyncio.CancelledError, ConnectionError):
+                # The HTTP client went away: end the upstream call with it.
                 call.cancel()
+                raise
+            finally:
+                if not call.done():
+                    call.cancel()
+
+    async def _relay(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        text: bool,
+        call: grpc.aio.UnaryStreamCall[bytes, bytes],
+    ) -> None:
+        """Response headers, then each message as it arrives, then the trailers."""
+        headers = await call.initial_metadata()
+        for name, value in http.metadata_headers(headers or ()):
+            response.headers.add(name, value)
+        await response.prepare(request)
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            async for message in call:
+                await self._write(response, grpcweb.encode_frame(message), text)
+        code = await call.code()
+        trailers = http.status_trailers(
+            code.value[0], await call.details() or "", await call.trailing_metadata() or ()
+        )
+        await self._write(response, grpcweb.encode_trailers(trailers), text)
+        await response.write_eof()
 
     @staticmethod
     async def _write(response: web.StreamResponse, data: bytes, text: bool) -> None:

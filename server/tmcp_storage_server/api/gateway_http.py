@@ -88,6 +88,16 @@ def request_metadata(headers: Iterable[tuple[str, str]]) -> Metadata:
     return metadata
 
 
+def forwarded_for(metadata: Metadata, peer: str | None) -> Metadata:
+    """``metadata`` with the HTTP client's address appended to ``x-forwarded-for``, so
+    the server sees who called rather than the gateway."""
+    if not peer:
+        return metadata
+    earlier = [str(v) for k, v in metadata if k == "x-forwarded-for"]
+    rest = [(k, v) for k, v in metadata if k != "x-forwarded-for"]
+    return [*rest, ("x-forwarded-for", ", ".join([*earlier, peer]))]
+
+
 def _unbase64(name: str, value: str) -> bytes:
     try:
         parts = [p.strip() for p in value.split(",")]
