@@ -14,7 +14,19 @@
 import { type CallOptions, type Client, type Interceptor, createClient } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { decodeBatch, encodeDeleteItem, encodeOperation, encodeSetItem, writeFields } from "./batch.js";
-import { decodeEntry, decodeUsage, encodeSpace, encodeTime, encodeTtl, encodeValue, int64, num, revisionOf } from "./codec.js";
+import {
+  decodeEntry,
+  decodeLimits,
+  decodeUsage,
+  encodeLimits,
+  encodeSpace,
+  encodeTime,
+  encodeTtl,
+  encodeValue,
+  int64,
+  num,
+  revisionOf,
+} from "./codec.js";
 import { Cancelled, Unavailable, fromError } from "./errors.js";
 import { Batch } from "./gen/tmcp/storage/v1/batch_pb.js";
 import { KeyValue } from "./gen/tmcp/storage/v1/kv_pb.js";
@@ -22,15 +34,19 @@ import { Quota } from "./gen/tmcp/storage/v1/quota_pb.js";
 import { Resolution, Sync } from "./gen/tmcp/storage/v1/sync_pb.js";
 import { Consistency } from "./gen/tmcp/storage/v1/types_pb.js";
 import type {
+  AppUsage,
   BatchResult,
   DeleteItem,
+  DeletePrefixResult,
   DeleteResult,
   Entry,
   Operation,
   PutResult,
   QuotaInfo,
+  QuotaLimits,
   SetItem,
   Space,
+  UsageInfo,
   ValueInput,
   WriteOptions,
 } from "./models.js";
@@ -189,6 +205,68 @@ export class StorageClient {
       ),
     );
     return decodeEntry(required(response.entry, "entry"));
+  }
+
+  /** Delete every key under `prefix` (all of the space for "") in one revision. */
+  async deletePrefix(prefix: string, options: CallSettings = {}): Promise<DeletePrefixResult> {
+    const response = await this.call(options, (o) => this.services.kv.deletePrefix({ space: this.space(options), prefix }, o));
+    return {
+      deletedCount: num(response.deletedCount),
+      usage: decodeUsage(response.usage),
+      revision: revisionOf(response.header),
+    };
+  }
+
+  /** A space's usage by content type, expiring entries, open conflicts and largest keys. */
+  async usage(options: CallSettings & { topKeys?: number } = {}): Promise<UsageInfo> {
+    const r = await this.call(options, (o) =>
+      this.services.quota.getUsage({ space: this.space(options), topKeys: options.topKeys ?? 10 }, o),
+    );
+    return {
+      usage: decodeUsage(r.usage),
+      byContentType: r.byContentType.map((c) => ({ contentType: c.contentType, bytes: num(c.bytes), keys: num(c.keys) })),
+      expiringKeys: num(r.expiringKeys),
+      expiringBytes: num(r.expiringBytes),
+      openConflicts: num(r.openConflicts),
+      largestKeys: r.largestKeys.map((k) => ({ key: k.key, size: num(k.size) })),
+      revision: revisionOf(r.header),
+    };
+  }
+
+  /**
+   * Admin: override limits of an app (`appId`, the default of its spaces) or of one space
+   * (`space`); undefined limits stay as they are, `reset` first drops every override of
+   * the target. Returns the target's overrides.
+   */
+  async setQuota(
+    target: { appId: string } | { space: Space },
+    limits: QuotaLimits,
+    options: Omit<CallSettings, "space"> & { reset?: boolean } = {},
+  ): Promise<QuotaLimits> {
+    const which =
+      "appId" in target
+        ? { case: "appId" as const, value: target.appId }
+        : { case: "space" as const, value: encodeSpace(target.space) };
+    const response = await this.call(options, (o) =>
+      this.services.quota.setQuota({ target: which, limits: encodeLimits(limits), reset: options.reset ?? false }, o),
+    );
+    return decodeLimits(response.overrides);
+  }
+
+  /** Admin: totals over every space of an app, and its largest spaces. */
+  async appUsage(appId: string, options: Omit<CallSettings, "space"> & { topSpaces?: number } = {}): Promise<AppUsage> {
+    const r = await this.call(options, (o) => this.services.quota.getAppUsage({ appId, topSpaces: options.topSpaces ?? 10 }, o));
+    return {
+      appId: r.appId,
+      spaces: num(r.spaces),
+      usedBytes: num(r.usedBytes),
+      usedKeys: num(r.usedKeys),
+      overrides: decodeLimits(r.overrides),
+      largestSpaces: r.largestSpaces.map((s) => ({
+        space: { appId: s.space?.appId ?? "", userId: s.space?.userId ?? "" },
+        usage: decodeUsage(s.usage),
+      })),
+    };
   }
 
   /** A space's limits, usage and headroom. */

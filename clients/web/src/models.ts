@@ -77,6 +77,42 @@ export interface QuotaInfo extends QuotaUsage {
   readonly revision: number;
 }
 
+/** What a delete-prefix returns. */
+export interface DeletePrefixResult {
+  readonly deletedCount: number;
+  readonly usage: QuotaUsage | undefined;
+  readonly revision: number;
+}
+
+/** Detailed usage of a space. */
+export interface UsageInfo {
+  readonly usage: QuotaUsage | undefined;
+  readonly byContentType: readonly { readonly contentType: string; readonly bytes: number; readonly keys: number }[];
+  readonly expiringKeys: number;
+  readonly expiringBytes: number;
+  readonly openConflicts: number;
+  /** The largest keys, largest first. */
+  readonly largestKeys: readonly { readonly key: string; readonly size: number }[];
+  readonly revision: number;
+}
+
+/** Limit overrides of an app or a space; undefined means inherited. */
+export interface QuotaLimits {
+  readonly limitBytes?: number | undefined;
+  readonly limitKeys?: number | undefined;
+  readonly maxValueBytes?: number | undefined;
+}
+
+/** Totals over every space of an app (admin). */
+export interface AppUsage {
+  readonly appId: string;
+  readonly spaces: number;
+  readonly usedBytes: number;
+  readonly usedKeys: number;
+  readonly overrides: QuotaLimits;
+  readonly largestSpaces: readonly { readonly space: Space; readonly usage: QuotaUsage | undefined }[];
+}
+
 /** Options of a write, as in `put`. */
 export interface WriteOptions {
   /** Default application/octet-stream for raw values; JSON values are application/json. */

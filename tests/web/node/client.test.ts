@@ -7,6 +7,7 @@ import {
   InvalidArgument,
   NotFound,
   PermissionDenied,
+  QuotaExceeded,
   StorageError,
   StorageClient,
   Unauthenticated,
@@ -14,7 +15,12 @@ import {
   VersionConflict,
   type WatchEvent,
 } from "../../../clients/web/src/index.js";
-import { BadRequestSchema, type BadRequest } from "../../../clients/web/src/gen/google/rpc/error_details_pb.js";
+import {
+  type BadRequest,
+  BadRequestSchema,
+  type QuotaFailure,
+  QuotaFailureSchema,
+} from "../../../clients/web/src/gen/google/rpc/error_details_pb.js";
 import { WEB_URL, connect, freshApp } from "./env.js";
 
 /** The error a promise rejects with (fails the test when it resolves). */
@@ -141,6 +147,47 @@ describe("key-value", () => {
     assert.equal(quota.usedKeys, 4);
     assert.equal(quota.availableKeys, quota.limitKeys - 4);
     assert.ok(quota.usedBytes > 0);
+  });
+});
+
+describe("quota", () => {
+  test("an admin sets limits; a write over them is QuotaExceeded with its QuotaFailure", async () => {
+    const app = freshApp();
+    const admin = connect(app, "svc", { scopes: ["storage:admin", "storage:read", "storage:write"] });
+    const alice = connect(app, "alice");
+    const space = { appId: app, userId: "alice" };
+    const overrides = await admin.setQuota({ space }, { limitKeys: 2 });
+    assert.deepEqual(overrides, { limitBytes: undefined, limitKeys: 2, maxValueBytes: undefined });
+    await alice.put("k1", "a");
+    await alice.put("k2", new Uint8Array(10), { ttl: 60 });
+    const over = await failure(alice.put("k3", "c"));
+    assert.ok(over instanceof QuotaExceeded);
+    assert.equal(over.kind, "keys");
+    const quotaFailure = over.detail<QuotaFailure>(QuotaFailureSchema);
+    assert.ok(quotaFailure !== undefined && quotaFailure.violations.length > 0, "QuotaFailure detail decoded");
+
+    const usage = await alice.usage({ topKeys: 1 });
+    assert.equal(usage.usage?.usedKeys, 2);
+    assert.equal(usage.expiringKeys, 1);
+    assert.deepEqual(usage.largestKeys, [{ key: "k2", size: 10 }]);
+    assert.deepEqual(usage.byContentType.map((c) => c.contentType).sort(), ["application/json", "application/octet-stream"]);
+
+    const forbidden = await failure(alice.setQuota({ appId: app }, { limitKeys: 5 }));
+    assert.ok(forbidden instanceof PermissionDenied);
+    assert.equal(forbidden.reason, "SCOPE_MISSING");
+    const totals = await admin.appUsage(app);
+    assert.equal(totals.usedKeys, 2);
+    assert.deepEqual(totals.largestSpaces[0]?.space, space);
+
+    const cleared = await alice.deletePrefix("");
+    assert.equal(cleared.deletedCount, 2);
+    assert.equal(cleared.usage?.usedKeys, 0);
+    await alice.put("k3", "fits again");
+    assert.deepEqual(await admin.setQuota({ space }, {}, { reset: true }), {
+      limitBytes: undefined,
+      limitKeys: undefined,
+      maxValueBytes: undefined,
+    });
   });
 });
 
