@@ -112,6 +112,26 @@ describe("OfflineStore", () => {
     store.close();
   });
 
+  test("a TTL write expires here and on the server; the sync brings the server's expiry", async () => {
+    const app = freshApp();
+    const other = connect(app, "alice");
+    const store = await openStore(connect(app, "alice"), new IDBFactory());
+    const before = Date.now();
+    await store.put("brief", "soon gone", { ttl: 0.6 });
+    await store.put("session", "later", { ttl: 60 });
+    const local = (await store.expiresAt("session"))?.getTime() ?? 0;
+    assert.ok(local >= before + 60_000 && local <= Date.now() + 60_000);
+    await store.sync();
+    const server = await other.get("session");
+    assert.ok(server.expiresAt !== undefined);
+    assert.equal((await store.expiresAt("session"))?.getTime(), server.expiresAt.getTime());
+    await new Promise((resolve) => setTimeout(resolve, 700));
+    assert.equal(await store.get("brief"), undefined);
+    assert.deepEqual(await store.items(), [["session", "later"]]);
+    await assert.rejects(other.get("brief"), NotFound);
+    store.close();
+  });
+
   test("MERGE: the pull after the push brings the merged value", async () => {
     const app = freshApp();
     const other = connect(app, "alice");
