@@ -143,7 +143,10 @@ class WriteSession:
         self._loaded: dict[str, Entry | None] = {}
         self._bytes_delta = self._keys_delta = 0
         self.saved: dict[str, Entry] = {}
-        """Every entry saved so far (swept or staged), the last one per key."""
+        """Every entry committed so far (swept or staged), the last one per key."""
+        self._unsaved_changes: list[Change] = []
+        self._unsaved_retained: list[Entry] = []
+        self._unsaved_keys: set[str] = set()
 
     @property
     def tx(self) -> SpaceTransaction:
@@ -172,24 +175,18 @@ class WriteSession:
         )
 
     async def sweep_expired(self) -> int:
-        """Turn due entries into tombstones under a revision of their own."""
+        """Turn due entries into tombstones under a revision of their own (saved with the
+        next commit)."""
         due = await self._tx.due_expired(self.now)
         if not due:
             return 0
         revision = self.revision + 1
         tombstones = [build_tombstone(e, now=self.now, revision=revision, bump=False) for e in due]
-        changes = [Change(revision, e.key, ChangeOp.EXPIRE, e.version) for e in due]
         self._used_bytes -= sum(e.size for e in due)
         self._used_keys -= len(due)
-        await self._tx.save(
-            revision=revision,
-            entries=tombstones,
-            changes=changes,
-            used_bytes=self._used_bytes,
-            used_keys=self._used_keys,
-        )
+        self._seal(tombstones, [Change(revision, e.key, ChangeOp.EXPIRE, e.version) for e in due])
         self.revision = revision
-        self.saved.update((t.key, t) for t in tombstones)
+        self._loaded.update((t.key, t) for t in tombstones)
         return len(due)
 
     async def load(self, keys: Sequence[str]) -> dict[str, Entry]:
@@ -211,6 +208,7 @@ class WriteSession:
 
     async def load_prefix(self, prefix: str) -> list[Entry]:
         """Live entries under ``prefix`` (values not loaded)."""
+        await self.flush()
         return await self._tx.load_prefix(prefix, self.now)
 
     def stage(
@@ -269,25 +267,52 @@ class WriteSession:
             raise QuotaExceeded(kind="keys", usage=self.usage, requested=keys_delta)
         return used_bytes, used_keys
 
-    async def commit(self) -> None:
-        """Check quota against the net change and save the staged writes."""
-        if not self._staged:
+    async def commit(self, *, defer: bool = False) -> None:
+        """Check quota against the net change and commit the staged writes under the next
+        revision. They are saved now, or with ``defer`` together with later commits (one
+        statement for many revisions: see ``flush``)."""
+        if self._staged:
+            used_bytes, used_keys = self._check_quota()
+            self._seal(
+                [s.entry for s in self._staged.values()],
+                [s.change for s in self._staged.values()],
+                retained=[s.entry for s in self._staged.values() if retainable(s.entry)],
+            )
+            self.revision, self._used_bytes, self._used_keys = (
+                self.next_revision,
+                used_bytes,
+                used_keys,
+            )
+            self._loaded.update((k, s.entry) for k, s in self._staged.items())
+            self._staged.clear()
+            self._bytes_delta = self._keys_delta = 0
+        if not defer:
+            await self.flush()
+
+    def _seal(
+        self, entries: Sequence[Entry], changes: Sequence[Change], retained: Sequence[Entry] = ()
+    ) -> None:
+        self.saved.update((e.key, e) for e in entries)
+        self._unsaved_keys.update(e.key for e in entries)
+        self._unsaved_changes.extend(changes)
+        self._unsaved_retained.extend(retained)
+
+    async def flush(self) -> None:
+        """Save everything committed and not yet saved: the last entry of each key, every
+        change under its own revision, and the space row at the latest revision."""
+        if not self._unsaved_changes:
             return
-        used_bytes, used_keys = self._check_quota()
-        revision = self.next_revision
         await self._tx.save(
-            revision=revision,
-            entries=[s.entry for s in self._staged.values()],
-            changes=[s.change for s in self._staged.values()],
-            used_bytes=used_bytes,
-            used_keys=used_keys,
-            retained=[s.entry for s in self._staged.values() if retainable(s.entry)],
+            revision=self.revision,
+            entries=[self.saved[k] for k in self._unsaved_keys],
+            changes=self._unsaved_changes,
+            used_bytes=self._used_bytes,
+            used_keys=self._used_keys,
+            retained=self._unsaved_retained,
         )
-        self.revision, self._used_bytes, self._used_keys = revision, used_bytes, used_keys
-        self._loaded.update((k, s.entry) for k, s in self._staged.items())
-        self.saved.update((key, s.entry) for key, s in self._staged.items())
-        self._staged.clear()
-        self._bytes_delta = self._keys_delta = 0
+        self._unsaved_keys = set()
+        self._unsaved_changes = []
+        self._unsaved_retained = []
 
 
 class Writer:
