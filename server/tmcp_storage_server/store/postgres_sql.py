@@ -79,6 +79,10 @@ LOCK_SPACE = """SELECT s.revision, s.used_bytes, s.used_keys, s.limit_bytes, s.l
 NEXT_EXPIRY = f"""SELECT MIN(expires_at) FROM entries
   WHERE {SPACE} AND NOT deleted AND expires_at IS NOT NULL"""
 LOAD = _EACH_KEY.format(columns=ENTRY_COLUMNS, space=SPACE, live="")
+# The next expiry and the entries of the keys in one statement (the first column of
+# every row; one row with NULL entry columns when no key is found).
+EXPIRY_AND_LOAD = f"""SELECT x.next_expiry, m.* FROM ({NEXT_EXPIRY}) AS x(next_expiry)
+  LEFT JOIN ({LOAD}) AS m ON true"""
 LOAD_PREFIX = f"""SELECT {ENTRY_COLUMNS_NO_VALUE} FROM entries
   WHERE {SPACE} AND {_LIVE} AND key >= %(low)s AND key < %(high)s ORDER BY key"""
 LOAD_FROM = f"""SELECT {ENTRY_COLUMNS_NO_VALUE} FROM entries
