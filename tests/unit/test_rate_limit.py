@@ -64,7 +64,7 @@ def test_the_rate_is_sustained_and_never_exceeded() -> None:
 
 
 def test_a_batch_counts_its_items() -> None:
-    bucket, clock = _limiter(rate=1.0, burst=10)
+    bucket, _ = _limiter(rate=1.0, burst=10)
     bucket.charge(A, 6)
     with pytest.raises(RateLimited) as refused:
         bucket.charge(A, 5)
