@@ -21,7 +21,9 @@ from tmcp_storage_server.api.kv import KeyValueServicer
 from tmcp_storage_server.api.quota import QuotaServicer
 from tmcp_storage_server.api.server import SERVICE_NAMES, build_server
 from tmcp_storage_server.api.sync import SyncServicer
+from tmcp_storage_server.api.transport import server_credentials, server_options
 from tmcp_storage_server.config import Config
+from tmcp_storage_server.core import ratelimit
 from tmcp_storage_server.core.batch import BatchService
 from tmcp_storage_server.core.clock import SystemClock
 from tmcp_storage_server.core.conflict_records import ConflictService
@@ -157,7 +159,13 @@ class App:
         clock = SystemClock()
         feed = await build_feed(config)
         cache, subscriber = build_cache(config)
-        writer = Writer(repository=repository, defaults=config.limits, cache=cache, feed=feed)
+        writer = Writer(
+            repository=repository,
+            defaults=config.limits,
+            cache=cache,
+            feed=feed,
+            limiter=ratelimit.limiter(config.write_rate, config.write_burst),
+        )
         watcher = WatchService(
             repository=repository,
             feed=feed,
@@ -199,8 +207,15 @@ class App:
                 auth=auth,
             ),
             health_servicer=health_servicer,
+            options=server_options(
+                max_streams=config.max_streams, min_ping=config.keepalive_min_ping
+            ),
         )
-        port = server.add_insecure_port(config.listen)
+        credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+        if credentials is None:
+            port = server.add_insecure_port(config.listen)
+        else:
+            port = server.add_secure_port(config.listen, credentials)
         if port == 0:
             await feed.stop()
             await repository.close()
@@ -218,9 +233,10 @@ class App:
         if subscriber is not None:
             app._tasks.append(asyncio.create_task(subscriber.run(), name="invalidations"))
         log.info(
-            "serving on %s (port %d), database %s",
+            "serving on %s (port %d, %s), database %s",
             config.listen,
             port,
+            ("mutual TLS" if config.tls_client_ca else "TLS") if config.tls else "plaintext",
             "sqlite " + config.sqlite_path if config.embedded else "postgresql",
         )
         return app

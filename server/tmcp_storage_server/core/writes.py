@@ -18,6 +18,7 @@ from datetime import datetime
 from tmcp_storage_server.core import validate
 from tmcp_storage_server.core.commands import PutCommand
 from tmcp_storage_server.core.ports import Cache, ChangeFeed, Repository, SpaceTransaction
+from tmcp_storage_server.core.ratelimit import WriteRateLimiter
 from tmcp_storage_server.errors import AlreadyExists, QuotaExceeded, VersionMismatch
 from tmcp_storage_server.model import (
     Change,
@@ -318,7 +319,7 @@ class WriteSession:
 class Writer:
     """Opens write sessions on a repository. After a commit, the cache (if any) learns
     every entry the session saved, and the change feed (if any) wakes the space's
-    watchers."""
+    watchers. The rate limiter (if any) admits each session before it takes the lock."""
 
     def __init__(
         self,
@@ -327,18 +328,25 @@ class Writer:
         defaults: QuotaLimits,
         cache: Cache | None = None,
         feed: ChangeFeed | None = None,
+        limiter: WriteRateLimiter | None = None,
     ) -> None:
         self._repository = repository
         self._defaults = defaults
         self._cache = cache
         self._feed = feed
+        self._limiter = limiter
 
     @asynccontextmanager
     async def session(
-        self, space: Space, now: datetime, keys: Sequence[str] = ()
+        self, space: Space, now: datetime, keys: Sequence[str] = (), *, cost: int = 1
     ) -> AsyncIterator[WriteSession]:
         """A session whose staged writes commit when the block exits normally; ``keys``
-        (those the session will load) are read together with taking the lock."""
+        (those the session will load) are read together with taking the lock. ``cost`` is
+        what the call counts against the space's write rate (its write items; 0 for the
+        server's own sweeps and for batches that only read): RateLimited, before any
+        database work, when the space is over its rate."""
+        if self._limiter is not None:
+            self._limiter.charge(space, cost)
         staged_all = False
         try:
             async with self._repository.transaction(space, keys) as tx:
