@@ -66,6 +66,7 @@ class WriteGroups:
 
     async def write(self, space: Space, keys: Sequence[str], apply: Apply[T]) -> Committed[T]:
         """Apply one write to ``space`` (in a group with any that arrive meanwhile)."""
+        self._writer.admit(space, 1)  # each write counts, not each group
         done: asyncio.Future[Committed[T]] = asyncio.get_running_loop().create_future()
         self._pending.setdefault(space, []).append(_Pending(keys, apply, done))
         if space not in self._runners:
@@ -90,7 +91,8 @@ class WriteGroups:
         outcomes: list[Committed[Any] | BaseException] = []
         keys = list(dict.fromkeys(k for p in group for k in p.keys))
         try:
-            async with self._writer.session(space, self._clock.now(), keys) as session:
+            now = self._clock.now()
+            async with self._writer.session(space, now, keys, cost=0) as session:
                 for pending in group:
                     try:
                         value = await pending.apply(session)

@@ -336,6 +336,11 @@ class Writer:
         self._feed = feed
         self._limiter = limiter
 
+    def admit(self, space: Space, cost: int) -> None:
+        """Count ``cost`` writes against the space's rate: RateLimited when it is over."""
+        if self._limiter is not None and cost:
+            self._limiter.charge(space, cost)
+
     @asynccontextmanager
     async def session(
         self, space: Space, now: datetime, keys: Sequence[str] = (), *, cost: int = 1
@@ -345,8 +350,7 @@ class Writer:
         what the call counts against the space's write rate (its write items; 0 for the
         server's own sweeps and for batches that only read): RateLimited, before any
         database work, when the space is over its rate."""
-        if self._limiter is not None:
-            self._limiter.charge(space, cost)
+        self.admit(space, cost)
         staged_all = False
         try:
             async with self._repository.transaction(space, keys) as tx:
