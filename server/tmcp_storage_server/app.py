@@ -17,9 +17,10 @@ from grpc_health.v1 import health, health_pb2
 
 from tmcp_storage_server.api.auth import TokenVerifier
 from tmcp_storage_server.api.batch import BatchServicer
+from tmcp_storage_server.api.gateway import Gateway, upstream_target
 from tmcp_storage_server.api.kv import KeyValueServicer
 from tmcp_storage_server.api.quota import QuotaServicer
-from tmcp_storage_server.api.server import SERVICE_NAMES, build_server
+from tmcp_storage_server.api.server import MAX_MESSAGE_BYTES, SERVICE_NAMES, build_server
 from tmcp_storage_server.api.sync import SyncServicer
 from tmcp_storage_server.api.transport import server_credentials, server_options
 from tmcp_storage_server.config import Config
@@ -136,6 +137,24 @@ async def build_feed(config: Config) -> LocalChangeFeed:
     return feed
 
 
+async def start_gateway(config: Config, grpc_port: int) -> Gateway:
+    """The gRPC-Web gateway on ``config.web_listen``, forwarding to this process's gRPC
+    port over loopback in plaintext (config refuses it together with TLS)."""
+    gateway = Gateway(
+        listen=config.web_listen,
+        upstream=upstream_target(config.listen, grpc_port),
+        origins=config.web_origins,
+        max_message_bytes=MAX_MESSAGE_BYTES,
+        credentials=None,
+        shutdown_grace=config.shutdown_grace,
+        # Browsers' Watches hold upstream streams: stay under the server's per-connection cap.
+        streams_per_connection=min(100, config.max_streams or 100),
+    )
+    port = await gateway.start()
+    log.info("gRPC-Web gateway on %s (port %d)", config.web_listen, port)
+    return gateway
+
+
 @dataclass
 class App:
     """A running server and its background tasks."""
@@ -149,6 +168,8 @@ class App:
     _feed: LocalChangeFeed
     _watcher: WatchService
     cache: TwoLevelCache | None = None
+    gateway: Gateway | None = None
+    """The gRPC-Web gateway, when ``web_listen`` is set."""
 
     @classmethod
     async def start(cls, config: Config) -> App:
@@ -232,6 +253,12 @@ class App:
         ]
         if subscriber is not None:
             app._tasks.append(asyncio.create_task(subscriber.run(), name="invalidations"))
+        if config.web_listen:
+            try:
+                app.gateway = await start_gateway(config, port)
+            except OSError:
+                await app.stop()
+                raise
         log.info(
             "serving on %s (port %d, %s), database %s",
             config.listen,
@@ -320,7 +347,10 @@ class App:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._watcher.close()  # streams end with UNAVAILABLE and their resume cursor
-        await self._server.stop(self.config.shutdown_grace)
+        if self.gateway is not None:  # drains its HTTP calls while the server drains
+            await asyncio.gather(self._server.stop(self.config.shutdown_grace), self.gateway.stop())
+        else:
+            await self._server.stop(self.config.shutdown_grace)
         await self._feed.stop()
         await self._repository.close()
         if self.cache is not None:

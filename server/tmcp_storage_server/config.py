@@ -6,6 +6,7 @@ Every setting is a ``STORAGE_*`` environment variable; the command line may over
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -102,6 +103,11 @@ class Config:
     def tls(self) -> bool:
         """Whether the gRPC port speaks TLS."""
         return bool(self.tls_cert)
+    web_listen: str = ""
+    """``STORAGE_WEB_LISTEN``: host:port of the in-process gRPC-Web gateway; "" = off."""
+    web_origins: tuple[str, ...] = ()
+    """``STORAGE_WEB_ORIGINS``: comma-separated exact origins (``scheme://host[:port]``,
+    or ``*`` for any) that browsers may call the gateway from; other origins are refused."""
 
     @property
     def embedded(self) -> bool:
@@ -164,10 +170,18 @@ class Config:
             keepalive_min_ping=_float(values, "STORAGE_KEEPALIVE_MIN_PING", d.keepalive_min_ping),
             write_rate=_rate(values, "STORAGE_WRITE_RATE", d.write_rate),
             write_burst=_int(values, "STORAGE_WRITE_BURST", d.write_burst),
+            web_listen=parse_web_listen(values.get("STORAGE_WEB_LISTEN", d.web_listen)),
+            web_origins=parse_origins(values.get("STORAGE_WEB_ORIGINS", "")),
         )
         tls_problem = tls_files.check(config.tls_cert, config.tls_key, config.tls_client_ca)
         if tls_problem is not None:
             raise ConfigError(tls_problem)
+        if config.tls and config.web_listen:
+            # The in-process gateway reaches the gRPC port over loopback without credentials.
+            raise ConfigError(
+                "STORAGE_WEB_LISTEN cannot be combined with STORAGE_TLS_*: terminate TLS "
+                "and gRPC-Web in Envoy (deploy/envoy.yaml) instead"
+            )
         if not 0 < config.limits.max_value_bytes <= MIB:
             raise ConfigError("STORAGE_MAX_VALUE_BYTES must be 1..1048576")
         if config.redis_url and not config.redis_url.startswith(("redis://", "rediss://")):
@@ -231,6 +245,29 @@ def _rate(values: Mapping[str, str], name: str, default: float) -> float:
     if not 0 <= result < float("inf"):
         raise ConfigError(f"{name} must be 0 (unlimited) or a positive number")
     return result
+
+
+def parse_web_listen(text: str) -> str:
+    """``STORAGE_WEB_LISTEN``: "" (off) or host:port."""
+    listen = text.strip()
+    if listen and (":" not in listen or not listen.rsplit(":", 1)[1].isdigit()):
+        raise ConfigError(f"STORAGE_WEB_LISTEN must be host:port or empty, not {listen!r}")
+    return listen
+
+
+_ORIGIN = re.compile(r"https?://[^/\s:]+(:\d{1,5})?|https?://\[[0-9a-fA-F:.]+\](:\d{1,5})?")
+
+
+def parse_origins(text: str) -> tuple[str, ...]:
+    """``STORAGE_WEB_ORIGINS``: exact origins as a browser sends them (no path, no
+    trailing slash; lower-cased, as browsers send them), or ``*``."""
+    origins = tuple(filter(None, (part.strip().lower() for part in text.split(","))))
+    for origin in origins:
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            raise ConfigError(
+                f"STORAGE_WEB_ORIGINS: {origin!r} is not an origin like http://host:port"
+            )
+    return origins
 
 
 def _int(values: Mapping[str, str], name: str, default: int) -> int:

@@ -19,6 +19,7 @@ from tmcp_storage_server.api.auth import mint_token
 
 TEST_SECRET = "test-secret-" + "x" * 32
 _LISTENING = re.compile(r"listening on \S+ \(port (\d+)\)")
+_GATEWAY = re.compile(r"gRPC-Web gateway on \S+ \(port (\d+)\)")
 
 
 @dataclass
@@ -32,6 +33,8 @@ class ServerProcess:
     log_path: str = ""
     tls: Tls | None = None
     """How to reach a server started with STORAGE_TLS_* (None: plaintext)."""
+    web_port: int = 0
+    """The gRPC-Web gateway's port, when ``STORAGE_WEB_LISTEN`` is set."""
 
     @property
     def target(self) -> str:
@@ -67,11 +70,18 @@ class ServerProcess:
             match = _LISTENING.search(self.log())
             if match:
                 self.port = int(match.group(1))
+                gateway = _GATEWAY.search(self.log())
+                self.web_port = int(gateway.group(1)) if gateway else 0
                 self._wait_serving(deadline)
                 return self
             time.sleep(0.02)
         self.kill()
         raise RuntimeError("server did not start:\n" + self.log())
+
+    @property
+    def web_url(self) -> str:
+        """Base URL of the gRPC-Web gateway."""
+        return f"http://127.0.0.1:{self.web_port}"
 
     def log(self) -> str:
         """Everything the server printed so far."""
