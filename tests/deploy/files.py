@@ -25,7 +25,7 @@ STORAGE_IMAGE = "tmcp-storage"
 
 _QUOTED_SETTING = re.compile(r'"(STORAGE_[A-Z0-9_]+)"')
 _ANY_SETTING = re.compile(r"\bSTORAGE_[A-Z0-9_]+\b")
-_FIELD_OF_SETTING = r'(\w+): [^=\n]+= [^\n]+\n\s+"""``{name}``'
+_FIELD_OF_SETTING = r'^    (\w+): [^=\n]+= [^\n]+\n\s+"""(?:(?!""").)*?``{name}``'
 
 
 def deploy_files() -> list[Path]:
@@ -61,9 +61,9 @@ def settings_named(text: str) -> set[str]:
 
 
 def default_of(setting: str) -> Any:
-    """The default value of ``setting``: the Config field documented as ``setting``
-    (house style: the field line, then a docstring starting with the name)."""
-    pattern = re.compile(_FIELD_OF_SETTING.format(name=re.escape(setting)))
+    """The default value of ``setting``: the Config field whose docstring names it
+    (house style: the field line, then a docstring naming it in double backticks)."""
+    pattern = re.compile(_FIELD_OF_SETTING.format(name=re.escape(setting)), re.S | re.M)
     match = pattern.search(CONFIG_SOURCE.read_text())
     assert match, f"config.py has no field documented as ``{setting}`` (not merged yet?)"
     return getattr(Config(), match.group(1))
