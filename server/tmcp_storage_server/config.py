@@ -99,15 +99,16 @@ class Config:
     """``STORAGE_WRITE_BURST``: writes a space may make at once before the rate applies;
     0 = twice ``write_rate`` (at least 1)."""
 
-    @property
-    def tls(self) -> bool:
-        """Whether the gRPC port speaks TLS."""
-        return bool(self.tls_cert)
     web_listen: str = ""
     """``STORAGE_WEB_LISTEN``: host:port of the in-process gRPC-Web gateway; "" = off."""
     web_origins: tuple[str, ...] = ()
     """``STORAGE_WEB_ORIGINS``: comma-separated exact origins (``scheme://host[:port]``,
     or ``*`` for any) that browsers may call the gateway from; other origins are refused."""
+
+    @property
+    def tls(self) -> bool:
+        """Whether the gRPC port speaks TLS."""
+        return bool(self.tls_cert)
 
     @property
     def embedded(self) -> bool:

@@ -273,6 +273,10 @@ def _bad_configs(pki: dict[str, object]) -> dict[str, tuple[dict[str, str], str]
             {"STORAGE_TLS_CLIENT_CA": ca.cert_path},
             "STORAGE_TLS_CLIENT_CA (mutual TLS) needs STORAGE_TLS_CERT and STORAGE_TLS_KEY",
         ),
+        "TLS with the in-process gRPC-Web gateway": (
+            {**pair, "STORAGE_WEB_LISTEN": "127.0.0.1:0"},
+            "STORAGE_WEB_LISTEN cannot be combined with STORAGE_TLS_*",
+        ),
         "client CA not PEM": (
             {**pair, "STORAGE_TLS_CLIENT_CA": str(garbage)},
             "STORAGE_TLS_CLIENT_CA: " + repr(str(garbage)) + " holds no PEM certificate",
@@ -292,6 +296,7 @@ BAD_CASES = [
     "key of another certificate",
     "cert without key",
     "client CA without TLS",
+    "TLS with the in-process gRPC-Web gateway",
     "client CA not PEM",
     "client CA missing",
 ]
