@@ -22,7 +22,9 @@ from tmcp_storage_server.api.kv import KeyValueServicer
 from tmcp_storage_server.api.quota import QuotaServicer
 from tmcp_storage_server.api.server import MAX_MESSAGE_BYTES, SERVICE_NAMES, build_server
 from tmcp_storage_server.api.sync import SyncServicer
+from tmcp_storage_server.api.transport import server_credentials, server_options
 from tmcp_storage_server.config import Config
+from tmcp_storage_server.core import ratelimit
 from tmcp_storage_server.core.batch import BatchService
 from tmcp_storage_server.core.clock import SystemClock
 from tmcp_storage_server.core.conflict_records import ConflictService
@@ -137,7 +139,7 @@ async def build_feed(config: Config) -> LocalChangeFeed:
 
 async def start_gateway(config: Config, grpc_port: int) -> Gateway:
     """The gRPC-Web gateway on ``config.web_listen``, forwarding to this process's gRPC
-    port (plaintext: with TLS on the gRPC port, pass channel credentials here)."""
+    port over loopback in plaintext (config refuses it together with TLS)."""
     gateway = Gateway(
         listen=config.web_listen,
         upstream=upstream_target(config.listen, grpc_port),
@@ -145,6 +147,8 @@ async def start_gateway(config: Config, grpc_port: int) -> Gateway:
         max_message_bytes=MAX_MESSAGE_BYTES,
         credentials=None,
         shutdown_grace=config.shutdown_grace,
+        # Browsers' Watches hold upstream streams: stay under the server's per-connection cap.
+        streams_per_connection=min(100, config.max_streams or 100),
     )
     port = await gateway.start()
     log.info("gRPC-Web gateway on %s (port %d)", config.web_listen, port)
@@ -176,7 +180,13 @@ class App:
         clock = SystemClock()
         feed = await build_feed(config)
         cache, subscriber = build_cache(config)
-        writer = Writer(repository=repository, defaults=config.limits, cache=cache, feed=feed)
+        writer = Writer(
+            repository=repository,
+            defaults=config.limits,
+            cache=cache,
+            feed=feed,
+            limiter=ratelimit.limiter(config.write_rate, config.write_burst),
+        )
         watcher = WatchService(
             repository=repository,
             feed=feed,
@@ -218,8 +228,15 @@ class App:
                 auth=auth,
             ),
             health_servicer=health_servicer,
+            options=server_options(
+                max_streams=config.max_streams, min_ping=config.keepalive_min_ping
+            ),
         )
-        port = server.add_insecure_port(config.listen)
+        credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+        if credentials is None:
+            port = server.add_insecure_port(config.listen)
+        else:
+            port = server.add_secure_port(config.listen, credentials)
         if port == 0:
             await feed.stop()
             await repository.close()
@@ -243,9 +260,10 @@ class App:
                 await app.stop()
                 raise
         log.info(
-            "serving on %s (port %d), database %s",
+            "serving on %s (port %d, %s), database %s",
             config.listen,
             port,
+            ("mutual TLS" if config.tls_client_ca else "TLS") if config.tls else "plaintext",
             "sqlite " + config.sqlite_path if config.embedded else "postgresql",
         )
         return app

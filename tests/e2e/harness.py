@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tmcp_storage import Tls
 from tmcp_storage_server.api.auth import mint_token
 
 TEST_SECRET = "test-secret-" + "x" * 32
@@ -30,6 +31,8 @@ class ServerProcess:
     port: int = 0
     process: subprocess.Popen[str] | None = None
     log_path: str = ""
+    tls: Tls | None = None
+    """How to reach a server started with STORAGE_TLS_* (None: plaintext)."""
     web_port: int = 0
     """The gRPC-Web gateway's port, when ``STORAGE_WEB_LISTEN`` is set."""
 
@@ -85,8 +88,14 @@ class ServerProcess:
         with open(self.log_path) as out:
             return out.read()
 
+    def channel(self) -> grpc.Channel:
+        """A new blocking channel to the server, TLS when ``tls`` is set."""
+        if self.tls is None:
+            return grpc.insecure_channel(self.target)
+        return grpc.secure_channel(self.target, self.tls.credentials(), self.tls.options())
+
     def _wait_serving(self, deadline: float) -> None:
-        with grpc.insecure_channel(self.target) as channel:
+        with self.channel() as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 try:
