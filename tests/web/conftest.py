@@ -55,6 +55,9 @@ def web_server(postgres_url: str, page_port: int) -> Iterator[ServerProcess]:
         "STORAGE_WEB_ORIGINS": f"http://127.0.0.1:{page_port}",
         "STORAGE_REDIS_URL": REDIS_URL,
         "STORAGE_REDIS_PREFIX": f"web-{uuid.uuid4().hex[:8]}:",
+        # Low enough for one test to reach, high enough for every other test's writes.
+        "STORAGE_WRITE_RATE": "5",
+        "STORAGE_WRITE_BURST": "20",
     }
     process = ServerProcess(postgres_url, env=env).start()
     assert process.web_port, process.log()

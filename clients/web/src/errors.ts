@@ -8,8 +8,9 @@
  *     ├── AlreadyExists             ALREADY_EXISTS: KEY_EXISTS; currentVersion
  *     ├── FailedPrecondition        FAILED_PRECONDITION
  *     │   └── VersionConflict       VERSION_MISMATCH; currentVersion
- *     ├── ResourceExhausted         RESOURCE_EXHAUSTED: SLOW_CONSUMER, rate limits
- *     │   └── QuotaExceeded         QUOTA_BYTES, QUOTA_KEYS; kind
+ *     ├── ResourceExhausted         RESOURCE_EXHAUSTED: SLOW_CONSUMER, message too large
+ *     │   ├── QuotaExceeded         QUOTA_BYTES, QUOTA_KEYS; kind
+ *     │   └── RateLimited           RATE_LIMITED; retryAfter (nothing was written)
  *     ├── OutOfRange                OUT_OF_RANGE: CURSOR_COMPACTED, MUTATION_GAP
  *     ├── PermissionDenied          PERMISSION_DENIED: SCOPE_MISSING, SPACE_FORBIDDEN
  *     ├── Unauthenticated           UNAUTHENTICATED: TOKEN_INVALID, TOKEN_EXPIRED
@@ -170,6 +171,17 @@ export class QuotaExceeded extends ResourceExhausted {
     return undefined;
   }
 }
+/**
+ * The space's write rate limit refused the call. Nothing was written: the same call may
+ * be made again after `retryAfter` seconds.
+ */
+export class RateLimited extends ResourceExhausted {
+  /** Seconds to wait before the call is admitted (the server's RetryInfo). */
+  get retryAfter(): number {
+    const millis = intOrUndefined(this.metadata["retry_after_ms"]);
+    return this.retryDelay ?? (millis === undefined ? 1 : millis / 1000);
+  }
+}
 /** A cursor or mutation id lies outside what the server can serve. */
 export class OutOfRange extends StorageError {}
 /** The token lacks the scope, or does not reach the space. */
@@ -215,6 +227,7 @@ const BY_REASON: Readonly<Record<string, ErrorClass>> = {
   CURSOR_COMPACTED: OutOfRange,
   MUTATION_GAP: OutOfRange,
   SLOW_CONSUMER: ResourceExhausted,
+  RATE_LIMITED: RateLimited,
   ...Object.fromEntries(INVALID_REASONS.map((reason) => [reason, InvalidArgument])),
 };
 

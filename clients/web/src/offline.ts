@@ -28,7 +28,7 @@
  */
 
 import type { StorageClient } from "./client.js";
-import { InvalidArgument, NotFound, OutOfRange, type StorageError, fromError } from "./errors.js";
+import { InvalidArgument, NotFound, OutOfRange, RateLimited, type StorageError, fromError } from "./errors.js";
 import { openDatabase, request, transact } from "./idb.js";
 import type { Entry, JsonValue, Space, ValueInput } from "./models.js";
 import type { Change, Mutation, MutationOutcome, Strategy } from "./sync.js";
@@ -325,8 +325,11 @@ export class OfflineStore {
             await this.applyAll(event.changes, event.cursor);
           }
         } catch (error) {
-          // Offline, server restarting, or a push refused: try again after the delay.
-          if (!signal.aborted) this.options.onError?.(fromError(error));
+          // Offline, server restarting, or a push refused: try again after the delay,
+          // and no sooner than a rate limit asks.
+          const failure = fromError(error);
+          if (failure instanceof RateLimited) delay = Math.max(delay, failure.retryAfter);
+          if (!signal.aborted) this.options.onError?.(failure);
         }
         await new Promise<void>((resolve) => {
           wake = resolve;
@@ -345,8 +348,10 @@ export class OfflineStore {
   /** In live mode: push now, and try again later if that fails. */
   private kick(delay = 0.5): void {
     clearTimeout(this.retryTimer);
-    this.push().catch(() => {
-      if (this.live) this.retryTimer = setTimeout(() => this.kick(Math.min(delay * 2, 10)), delay * 1000);
+    this.push().catch((error: unknown) => {
+      const failure = fromError(error);
+      const wait = failure instanceof RateLimited ? Math.max(delay, failure.retryAfter) : delay;
+      if (this.live) this.retryTimer = setTimeout(() => this.kick(Math.min(wait * 2, 10)), wait * 1000);
     });
   }
 

@@ -8,6 +8,7 @@ import {
   NotFound,
   PermissionDenied,
   QuotaExceeded,
+  RateLimited,
   StorageError,
   StorageClient,
   Unauthenticated,
@@ -188,6 +189,26 @@ describe("quota", () => {
       limitKeys: undefined,
       maxValueBytes: undefined,
     });
+  });
+});
+
+describe("rate limit", () => {
+  test("writes over the space's rate are RateLimited with a retryAfter; nothing is written", async () => {
+    const kv = connect(freshApp(), "alice"); // the server allows 20 writes at once, then 5/s
+    let limited: StorageError | undefined;
+    let written = 0;
+    for (let i = 0; i < 60 && limited === undefined; i++) {
+      try {
+        await kv.put(`k${i}`, i);
+        written++;
+      } catch (error) {
+        limited = error as StorageError;
+      }
+    }
+    assert.ok(limited instanceof RateLimited, `not rate limited after ${written} writes: ${limited}`);
+    assert.equal(limited.reason, "RATE_LIMITED");
+    assert.ok(limited.retryAfter > 0 && limited.retryAfter <= 1, `retryAfter ${limited.retryAfter}`);
+    await assert.rejects(kv.get(`k${written}`), NotFound);
   });
 });
 

@@ -11,6 +11,7 @@ import {
   Internal,
   OutOfRange,
   QuotaExceeded,
+  RateLimited,
   ResourceExhausted,
   StorageError,
   Unavailable,
@@ -38,6 +39,9 @@ test("the reason of the storage domain picks the class", () => {
   assert.ok(stale instanceof VersionConflict);
   assert.equal(stale.currentVersion, 4);
   assert.ok(decodeStatus(status(Code.OutOfRange, "MUTATION_GAP")) instanceof OutOfRange);
+  const limited = decodeStatus(status(Code.ResourceExhausted, "RATE_LIMITED", "storage.tmcp", { retry_after_ms: "250" }));
+  assert.ok(limited instanceof RateLimited && limited instanceof ResourceExhausted);
+  assert.equal(limited.retryAfter, 0.25);
 });
 
 test("another domain's reason, or an unknown one, falls back to the code", () => {
