@@ -11,27 +11,11 @@
  * the call took no effect, so another attempt is safe even for a write.
  */
 
-import { type CallOptions, type Client, type Interceptor, createClient } from "@connectrpc/connect";
-import { createGrpcWebTransport } from "@connectrpc/connect-web";
+import type { CallOptions } from "@connectrpc/connect";
 import { decodeBatch, encodeDeleteItem, encodeOperation, encodeSetItem, writeFields } from "./batch.js";
-import {
-  decodeEntry,
-  decodeLimits,
-  decodeUsage,
-  encodeLimits,
-  encodeSpace,
-  encodeTime,
-  encodeTtl,
-  encodeValue,
-  int64,
-  num,
-  revisionOf,
-} from "./codec.js";
-import { Cancelled, Unavailable, fromError } from "./errors.js";
-import { Batch } from "./gen/tmcp/storage/v1/batch_pb.js";
-import { KeyValue } from "./gen/tmcp/storage/v1/kv_pb.js";
-import { Quota } from "./gen/tmcp/storage/v1/quota_pb.js";
-import { Resolution, Sync } from "./gen/tmcp/storage/v1/sync_pb.js";
+import { decodeEntry, decodeUsage, encodeSpace, encodeTime, encodeTtl, encodeValue, int64, num, revisionOf } from "./codec.js";
+import { Cancelled, fromError } from "./errors.js";
+import { Resolution } from "./gen/tmcp/storage/v1/sync_pb.js";
 import { Consistency } from "./gen/tmcp/storage/v1/types_pb.js";
 import type {
   AppUsage,
@@ -50,6 +34,7 @@ import type {
   ValueInput,
   WriteOptions,
 } from "./models.js";
+import { decodeAppUsage, decodeLimits, decodeQuotaInfo, decodeUsageInfo, encodeLimits } from "./quota.js";
 import {
   type Conflict,
   type Mutation,
@@ -60,14 +45,15 @@ import {
   type WatchEvent,
   decodeChange,
   decodeConflict,
-  decodeOutcome,
+  decodePullResult,
+  decodePushResult,
+  decodeSyncStatus,
   encodeMutation,
   encodeStrategy,
-  when,
 } from "./sync.js";
+import { type Services, type TokenSource, connectServices, unary } from "./transport.js";
 
-/** A bearer token, or a function giving one for each attempt (so that it may refresh). */
-export type TokenSource = string | (() => string | Promise<string>);
+export type { TokenSource };
 
 /** How to reach the server. */
 export interface ClientOptions {
@@ -94,13 +80,6 @@ export interface CallSettings {
   readonly signal?: AbortSignal;
 }
 
-type Services = {
-  kv: Client<typeof KeyValue>;
-  batch: Client<typeof Batch>;
-  quota: Client<typeof Quota>;
-  sync: Client<typeof Sync>;
-};
-
 /** A client of the storage service; see the module documentation. */
 export class StorageClient {
   private readonly services: Services;
@@ -109,18 +88,7 @@ export class StorageClient {
   private readonly retries: number;
 
   constructor(options: ClientOptions) {
-    const transport = createGrpcWebTransport({
-      baseUrl: options.baseUrl,
-      useBinaryFormat: true,
-      interceptors: [authInterceptor(options.token)],
-      ...(options.fetch === undefined ? {} : { fetch: options.fetch }),
-    });
-    this.services = {
-      kv: createClient(KeyValue, transport),
-      batch: createClient(Batch, transport),
-      quota: createClient(Quota, transport),
-      sync: createClient(Sync, transport),
-    };
+    this.services = connectServices(options.baseUrl, options.token, options.fetch);
     this.defaultSpace = options.space;
     this.timeout = options.timeout ?? 10;
     this.retries = options.retries ?? 3;
@@ -219,18 +187,10 @@ export class StorageClient {
 
   /** A space's usage by content type, expiring entries, open conflicts and largest keys. */
   async usage(options: CallSettings & { topKeys?: number } = {}): Promise<UsageInfo> {
-    const r = await this.call(options, (o) =>
+    const response = await this.call(options, (o) =>
       this.services.quota.getUsage({ space: this.space(options), topKeys: options.topKeys ?? 10 }, o),
     );
-    return {
-      usage: decodeUsage(r.usage),
-      byContentType: r.byContentType.map((c) => ({ contentType: c.contentType, bytes: num(c.bytes), keys: num(c.keys) })),
-      expiringKeys: num(r.expiringKeys),
-      expiringBytes: num(r.expiringBytes),
-      openConflicts: num(r.openConflicts),
-      largestKeys: r.largestKeys.map((k) => ({ key: k.key, size: num(k.size) })),
-      revision: revisionOf(r.header),
-    };
+    return decodeUsageInfo(response);
   }
 
   /**
@@ -255,30 +215,16 @@ export class StorageClient {
 
   /** Admin: totals over every space of an app, and its largest spaces. */
   async appUsage(appId: string, options: Omit<CallSettings, "space"> & { topSpaces?: number } = {}): Promise<AppUsage> {
-    const r = await this.call(options, (o) => this.services.quota.getAppUsage({ appId, topSpaces: options.topSpaces ?? 10 }, o));
-    return {
-      appId: r.appId,
-      spaces: num(r.spaces),
-      usedBytes: num(r.usedBytes),
-      usedKeys: num(r.usedKeys),
-      overrides: decodeLimits(r.overrides),
-      largestSpaces: r.largestSpaces.map((s) => ({
-        space: { appId: s.space?.appId ?? "", userId: s.space?.userId ?? "" },
-        usage: decodeUsage(s.usage),
-      })),
-    };
+    const response = await this.call(options, (o) =>
+      this.services.quota.getAppUsage({ appId, topSpaces: options.topSpaces ?? 10 }, o),
+    );
+    return decodeAppUsage(response);
   }
 
   /** A space's limits, usage and headroom. */
   async quota(options: CallSettings = {}): Promise<QuotaInfo> {
     const response = await this.call(options, (o) => this.services.quota.getQuota({ space: this.space(options) }, o));
-    const usage = required(decodeUsage(response.usage), "usage");
-    return {
-      ...usage,
-      availableBytes: num(response.availableBytes),
-      availableKeys: num(response.availableKeys),
-      revision: revisionOf(response.header),
-    };
+    return decodeQuotaInfo(response);
   }
 
   /** Read up to 1000 keys: one result per key, in request order; missing is `found: false`. */
@@ -334,11 +280,7 @@ export class StorageClient {
     const response = await this.call(options, (o) =>
       this.services.sync.push({ space: this.space(options), clientId, mutations: encoded, strategy }, o),
     );
-    return {
-      outcomes: response.outcomes.map(decodeOutcome),
-      lastMutationId: num(response.lastMutationId),
-      revision: revisionOf(response.header),
-    };
+    return decodePushResult(response);
   }
 
   /** One page of keys changed since `cursor` ("" for everything). */
@@ -349,29 +291,13 @@ export class StorageClient {
         o,
       ),
     );
-    return {
-      changes: response.changes.map(decodeChange),
-      cursor: response.cursor,
-      hasMore: response.hasMore,
-      reset: response.reset,
-      lastMutationId: num(response.lastMutationId),
-      revision: revisionOf(response.header),
-    };
+    return decodePullResult(response);
   }
 
   /** The server's cursor and what it knows of `clientId`. */
   async status(clientId = "", options: CallSettings = {}): Promise<SyncStatus> {
-    const r = await this.call(options, (o) => this.services.sync.getStatus({ space: this.space(options), clientId }, o));
-    return {
-      revision: revisionOf(r.header),
-      cursor: r.cursor,
-      lastMutationId: num(r.lastMutationId),
-      lastPushTime: when(r.lastPushTime),
-      lastPullTime: when(r.lastPullTime),
-      openConflicts: num(r.openConflicts),
-      historyHorizonRevision: num(r.historyHorizonRevision),
-      historyHorizonTime: when(r.historyHorizonTime),
-    };
+    const response = await this.call(options, (o) => this.services.sync.getStatus({ space: this.space(options), clientId }, o));
+    return decodeSyncStatus(response);
   }
 
   /** Conflict records (open ones unless `includeResolved`), page after page. */
@@ -453,35 +379,9 @@ export class StorageClient {
     return encodeSpace(space);
   }
 
-  /** One unary call: the deadline over all attempts, retries on UNAVAILABLE, typed errors. */
-  private async call<T>(settings: CallSettings, attempt: (options: CallOptions) => Promise<T>): Promise<T> {
-    const timeout = settings.timeout ?? this.timeout;
-    const deadline = timeout > 0 ? Date.now() + timeout * 1000 : undefined;
-    for (let retry = 0; ; retry++) {
-      const left = deadline === undefined ? undefined : Math.max(deadline - Date.now(), 1);
-      try {
-        return await attempt({ timeoutMs: left, signal: settings.signal });
-      } catch (error) {
-        const failure = fromError(error);
-        if (!(failure instanceof Unavailable) || retry >= this.retries || settings.signal?.aborted) throw failure;
-        // Jitter keeps clients that failed together from retrying together.
-        const backoff = Math.min(2, 0.05 * 2 ** retry) * (0.5 + Math.random() / 2);
-        const delay = Math.max(backoff, failure.retryDelay ?? 0) * 1000;
-        if (deadline !== undefined && Date.now() + delay >= deadline) throw failure;
-        await new Promise((resolve) => setTimeout(resolve, delay));
-      }
-    }
+  private call<T>(settings: CallSettings, attempt: (options: CallOptions) => Promise<T>): Promise<T> {
+    return unary({ timeout: settings.timeout ?? this.timeout, signal: settings.signal }, this.retries, attempt);
   }
-}
-
-function authInterceptor(token: TokenSource | undefined): Interceptor {
-  return (next) => async (request) => {
-    if (token !== undefined) {
-      const value = typeof token === "string" ? token : await token();
-      request.header.set("authorization", `Bearer ${value}`);
-    }
-    return next(request);
-  };
 }
 
 function required<T>(value: T | undefined, what: string): T {

@@ -23,8 +23,7 @@ import {
   type Value,
   ValueSchema as StorageValueSchema,
 } from "./gen/tmcp/storage/v1/types_pb.js";
-import type { QuotaLimits as LimitsMessage } from "./gen/tmcp/storage/v1/quota_pb.js";
-import type { Entry, JsonValue, QuotaLimits, QuotaUsage, Space, ValueInput } from "./models.js";
+import type { Entry, JsonValue, QuotaUsage, Space, ValueInput } from "./models.js";
 
 /** An int64 from the wire as a number (versions, revisions and sizes stay below 2**53). */
 export function num(value: bigint): number {
@@ -110,25 +109,6 @@ export function decodeUsage(message: UsageMessage | undefined): QuotaUsage | und
     usedKeys: num(message.usedKeys),
     limitKeys: num(message.limitKeys),
     maxValueBytes: num(message.maxValueBytes),
-  };
-}
-
-/** The wire form of limit overrides (undefined fields stay unset). */
-export function encodeLimits(limits: QuotaLimits): { limitBytes?: bigint; limitKeys?: bigint; maxValueBytes?: bigint } {
-  const out: { limitBytes?: bigint; limitKeys?: bigint; maxValueBytes?: bigint } = {};
-  if (limits.limitBytes !== undefined) out.limitBytes = int64(limits.limitBytes, "limitBytes");
-  if (limits.limitKeys !== undefined) out.limitKeys = int64(limits.limitKeys, "limitKeys");
-  if (limits.maxValueBytes !== undefined) out.maxValueBytes = int64(limits.maxValueBytes, "maxValueBytes");
-  return out;
-}
-
-/** Limit overrides from the wire. */
-export function decodeLimits(message: LimitsMessage | undefined): QuotaLimits {
-  const optional = (value: bigint | undefined) => (value === undefined ? undefined : num(value));
-  return {
-    limitBytes: optional(message?.limitBytes),
-    limitKeys: optional(message?.limitKeys),
-    maxValueBytes: optional(message?.maxValueBytes),
   };
 }
 

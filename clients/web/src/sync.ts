@@ -7,13 +7,16 @@ import {
   type Conflict as ConflictMessage,
   ConflictState,
   ConflictStrategy,
+  type GetStatusResponse,
   type Mutation as MutationMessage,
   MutationOp,
   type MutationOutcome as OutcomeMessage,
   MutationSchema,
+  type PullResponse,
+  type PushResponse,
   PushResult as PushResultCode,
 } from "./gen/tmcp/storage/v1/sync_pb.js";
-import { decodeEntry, decodeValue, encodeTtl, encodeValue, int64, num } from "./codec.js";
+import { decodeEntry, decodeValue, encodeTtl, encodeValue, int64, num, revisionOf } from "./codec.js";
 import { decodeStatus, type StorageError } from "./errors.js";
 import type { Entry, JsonValue, ValueInput } from "./models.js";
 
@@ -202,6 +205,41 @@ export function decodeConflict(message: ConflictMessage): Conflict {
     baseVersion: num(message.baseVersion),
     createdAt: when(message.createdAt),
     resolvedAt: when(message.resolvedAt),
+  };
+}
+
+/** The answer to a push. */
+export function decodePushResult(response: PushResponse): PushResult {
+  return {
+    outcomes: response.outcomes.map(decodeOutcome),
+    lastMutationId: num(response.lastMutationId),
+    revision: revisionOf(response.header),
+  };
+}
+
+/** One page of a pull. */
+export function decodePullResult(response: PullResponse): PullResult {
+  return {
+    changes: response.changes.map(decodeChange),
+    cursor: response.cursor,
+    hasMore: response.hasMore,
+    reset: response.reset,
+    lastMutationId: num(response.lastMutationId),
+    revision: revisionOf(response.header),
+  };
+}
+
+/** What the server knows of a space and a client. */
+export function decodeSyncStatus(r: GetStatusResponse): SyncStatus {
+  return {
+    revision: revisionOf(r.header),
+    cursor: r.cursor,
+    lastMutationId: num(r.lastMutationId),
+    lastPushTime: when(r.lastPushTime),
+    lastPullTime: when(r.lastPullTime),
+    openConflicts: num(r.openConflicts),
+    historyHorizonRevision: num(r.historyHorizonRevision),
+    historyHorizonTime: when(r.historyHorizonTime),
   };
 }
 
