@@ -25,7 +25,7 @@ function local(): OfflineStore {
 
 const api = {
   init(baseUrl: string, token: string, space: Space): void {
-    client = new StorageClient({ baseUrl, token, space, retries: 1, timeout: 5 });
+    client = new StorageClient({ baseUrl, token, space, retries: 1, timeout: 30 });
     log(`client for ${space.appId}/${space.userId} at ${baseUrl}`);
   },
 

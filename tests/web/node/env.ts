@@ -42,6 +42,7 @@ export function connect(app: string, user: string, options: { scopes?: string[];
     token: token(app, user, options.scopes),
     space,
     retries: options.retries ?? 0,
+    timeout: 30, // generous: CI machines are small and busy
     ...(options.fetch === undefined ? {} : { fetch: options.fetch }),
   });
 }
