@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 from tmcp_storage_server.admin import dump
 from tmcp_storage_server.admin.parts import OPERATOR, Parts
+from tmcp_storage_server.core import validate
 from tmcp_storage_server.errors import StorageError
 from tmcp_storage_server.model import Entry, LimitOverrides, QuotaUsage, Space
 
@@ -70,6 +71,7 @@ def _overrides_text(overrides: LimitOverrides) -> str:
 
 
 async def _known(parts: Parts, space: Space) -> None:
+    validate.space(space)
     state = await parts.repository.space_state(space)
     if state.revision == 0 and state.space_overrides == LimitOverrides():
         raise UnknownSpace(f"space {describe(space)} does not exist")
