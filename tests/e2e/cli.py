@@ -27,9 +27,16 @@ def run(
     server: ServerProcess, *args: str, stdin: str | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``python -m tmcp_storage_server ARGS`` against ``server``'s database."""
+    return run_with(server_env(server), *args, stdin=stdin, cwd=cwd)
+
+
+def run_with(
+    env: dict[str, str], *args: str, stdin: str | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m tmcp_storage_server ARGS`` with the settings in ``env``."""
     return subprocess.run(
         [sys.executable, "-m", "tmcp_storage_server", *args],
-        env=server_env(server),
+        env=env,
         input=stdin,
         capture_output=True,
         text=True,

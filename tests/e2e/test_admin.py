@@ -180,9 +180,10 @@ def test_bad_input_gets_a_clear_error_and_exit_code(
     server: ServerProcess, alice: Client, app_id: str, tmp_path: Path
 ) -> None:
     alice.put("a", b"1")
+    out = tmp_path / "nobody.jsonl"
     cases: list[tuple[list[str], int, str]] = [
         (["inspect", "--app", app_id, "--user", "nobody"], 3, "does not exist"),
-        (["export", "--app", app_id, "--user", "nobody"], 3, "SPACE_NOT_FOUND"),
+        (["export", "--app", app_id, "--user", "nobody", "-o", str(out)], 3, "SPACE_NOT_FOUND"),
         (["app-usage", "--app", "app-none"], 3, "has no spaces"),
         (["set-quota", "--app", app_id, "--max-value", "0"], 2, "max_value_bytes"),
         (["inspect", "--app", "bad app!"], 2, "INVALID_SPACE"),
@@ -190,6 +191,7 @@ def test_bad_input_gets_a_clear_error_and_exit_code(
     for args, code, message in cases:
         done = cli.run(server, *args)
         assert (done.returncode, message in done.stderr) == (code, True), (args, done.stderr)
+    assert list(tmp_path.iterdir()) == []  # a failed export leaves no file behind
     bad_key = _write_export(tmp_path / "key.jsonl", None, {"key": "a\tb", "base64": ""})
     done = cli.run(server, "import", str(bad_key), "--app", app_id, "--user", "alice", "--json")
     assert done.returncode == 2

@@ -8,7 +8,9 @@ embedded SQLite database with Redis.
 from __future__ import annotations
 
 import json
+import os
 import queue
+import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -105,3 +107,24 @@ def test_a_cli_import_is_read_and_watched_at_once_through_a_running_server(
             assert isinstance(event, WatchEvent), event
             changed |= {c.key for c in event.changes}
     thread.join(timeout=10)
+
+
+def test_a_write_is_refused_while_the_cache_channel_is_unreachable(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "STORAGE_DATABASE_URL": "sqlite:///" + str(tmp_path / "storage.db"),
+        "STORAGE_JWT_SECRET": "x" * 32,
+        "STORAGE_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+        "STORAGE_LOG_LEVEL": "ERROR",
+    }
+    space = Space("app-" + uuid.uuid4().hex[:12], "alice")
+
+    refused = cli.run_with(env, "import", str(_export(tmp_path / "in.jsonl", space, {"k": 1})))
+
+    assert refused.returncode == 1
+    assert "Redis is unreachable" in refused.stderr and "nothing was written" in refused.stderr
+    unknown = cli.run_with(env, "inspect", "--app", space.app_id, "--user", "alice")
+    assert unknown.returncode == 3, unknown.stderr  # reads need no channel; nothing is there

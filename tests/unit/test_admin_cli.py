@@ -121,4 +121,7 @@ def test_bad_files_and_arguments_exit_2_before_any_database_work(
         main(["set-quota", "--app", "a", "--bytes", "lots"])
     assert caught.value.code == 2
     assert "not a size" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["inspect", "--app", "a", "--keys", "-1"])
+    assert "not a non-negative integer" in capsys.readouterr().err
     assert not (embedded / "storage.db").exists()

@@ -14,7 +14,7 @@ import logging
 import re
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TextIO
+from pathlib import Path
 
 from tmcp_storage_server.admin import commands, dump
 from tmcp_storage_server.admin.commands import Report, UnknownSpace
@@ -24,8 +24,9 @@ from tmcp_storage_server.errors import InvalidArgument, StorageError
 from tmcp_storage_server.model import LimitOverrides, Space
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNKNOWN = 1, 2, 3
-WRITING = {"set-quota", "purge", "import"}
-"""Commands that write entries or limits (and so open the cache channel and feed)."""
+WRITING = {"purge", "import"}
+"""Commands that write entries (and so open the cache channel and the change feed); limits
+are read by every write transaction, never cached."""
 
 _SIZE = re.compile(r"(\d+)\s*(|B|KiB|MiB|GiB)", re.I)
 _UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
@@ -37,6 +38,13 @@ def size(text: str) -> int:
     if not match:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 1000, 512KiB or 10MiB")
     return int(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def count(text: str) -> int:
+    """A non-negative integer."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
+    return int(text)
 
 
 def _space_args(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -52,18 +60,18 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     inspect = add("inspect", parents=[json_flag], help="a space's usage, limits, keys, conflicts")
     _space_args(inspect)
     inspect.add_argument("--prefix", default="", help="list only keys under this prefix")
-    inspect.add_argument("--keys", type=int, default=100, help="keys to list (default 100)")
-    inspect.add_argument("--top", type=int, default=10, help="largest keys to show")
+    inspect.add_argument("--keys", type=count, default=100, help="keys to list (default 100)")
+    inspect.add_argument("--top", type=count, default=10, help="largest keys to show")
     quota = add("set-quota", parents=[json_flag], help="set limit overrides of an app or a space")
     quota.add_argument("--app", required=True, help="app id")
     quota.add_argument("--user", help="user id of one space ('' = shared); omit for the app")
     quota.add_argument("--bytes", type=size, help="byte limit, e.g. 10MiB")
-    quota.add_argument("--keys", type=int, help="key limit")
+    quota.add_argument("--keys", type=count, help="key limit")
     quota.add_argument("--max-value", type=size, help="per-value limit, e.g. 1MiB")
     quota.add_argument("--reset", action="store_true", help="clear other overrides first")
     usage = add("app-usage", parents=[json_flag], help="totals over every space of an app")
     usage.add_argument("--app", required=True, help="app id")
-    usage.add_argument("--top", type=int, default=10, help="largest spaces to show")
+    usage.add_argument("--top", type=count, default=10, help="largest spaces to show")
     purge = add("purge", parents=[json_flag], help="sweep expired entries now")
     _space_args(purge, required=False)
     compact = add("compact", parents=[json_flag], help="forget old sync history now")
@@ -110,6 +118,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         report, announced = asyncio.run(_call(config, args.command in WRITING, action))
     except StorageError as exc:
         return _fail(as_json, _exit_code(exc), exc.reason, exc.message)
+    except OSError as exc:  # the export's file (the database and Redis raise StorageErrors)
+        return _fail(as_json, EXIT_BAD_INPUT, "BAD_FILE", f"{exc.strerror}: {exc.filename}")
     out = sys.stderr if args.command == "export" and args.output == "-" else sys.stdout
     print(json.dumps(report.data, ensure_ascii=False) if as_json else report.text, file=out)
     if not announced:
@@ -156,18 +166,24 @@ def _action(args: argparse.Namespace) -> Action:
             )
         case "export":
             assert space is not None
-            out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
-            return lambda p: _export(p, space, out, args)
+            return lambda p: _export(p, space, args)
         case _:
             return _import(args)
 
 
-async def _export(parts: Parts, space: Space, out: TextIO, args: argparse.Namespace) -> Report:
+async def _export(parts: Parts, space: Space, args: argparse.Namespace) -> Report:
+    """Into a file only once complete: a failed export never leaves a file to import."""
+    if args.output == "-":
+        return await commands.export(parts, space, sys.stdout, prefix=args.prefix, raw=args.base64)
+    target = Path(args.output)
+    partial = target.with_name(target.name + ".partial")
     try:
-        return await commands.export(parts, space, out, prefix=args.prefix, raw=args.base64)
+        with partial.open("w", encoding="utf-8") as out:
+            report = await commands.export(parts, space, out, prefix=args.prefix, raw=args.base64)
+        partial.replace(target)
+        return report
     finally:
-        if out is not sys.stdout:
-            out.close()
+        partial.unlink(missing_ok=True)
 
 
 def _import(args: argparse.Namespace) -> Action:

@@ -56,12 +56,6 @@ class Parts:
         """Whether every write so far reached the invalidation channel (if there is one)."""
         return self.cache is None or self.cache.healthy
 
-    @property
-    def heard_by_servers(self) -> bool:
-        """Whether running servers learn of this process's writes at once: false only for
-        the embedded database without Redis, whose server trusts its cache alone."""
-        return not (self.config.embedded and not self.config.redis_url)
-
 
 @contextlib.asynccontextmanager
 async def open_parts(config: Config, *, writes: bool) -> AsyncIterator[Parts]:
