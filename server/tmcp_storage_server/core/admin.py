@@ -86,8 +86,9 @@ class AdminService:
             names.add(cmd.key)
             if cmd.expires_at is None or cmd.expires_at > now:
                 live.append((index, cmd))
+        kept = {cmd.key for _, cmd in live}
         deleted = 0
-        async with self._writer.session(space, now, [c.key for _, c in live]) as session:
+        async with self._writer.session(space, now, list(kept)) as session:
             for index, cmd in live:
                 try:
                     await mutations.put(session, cmd)
@@ -95,7 +96,7 @@ class AdminService:
                     raise _at(error, index) from None
             if replace:
                 for current in await session.load_prefix(""):
-                    if current.key not in names:
+                    if current.key not in kept:
                         tomb = build_tombstone(
                             current, now=session.now, revision=session.next_revision, bump=True
                         )
