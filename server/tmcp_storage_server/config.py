@@ -77,6 +77,11 @@ class Config:
     """``STORAGE_DB_POOL_SIZE``: PostgreSQL connections per process."""
     log_level: str = "INFO"
     """``STORAGE_LOG_LEVEL``."""
+    metrics_listen: str = "127.0.0.1:9090"
+    """``STORAGE_METRICS_LISTEN``: host:port of the Prometheus ``/metrics`` endpoint (port
+    0 picks one); "" turns it off. With workers the supervisor serves it for all."""
+    log_format: str = "json"
+    """``STORAGE_LOG_FORMAT``: ``json`` (one object per line) or ``text`` (for humans)."""
 
     @property
     def embedded(self) -> bool:
@@ -132,7 +137,10 @@ class Config:
             history_retention=_float(values, "STORAGE_HISTORY_RETENTION", d.history_retention),
             app_strategies=parse_app_strategies(values.get("STORAGE_APP_STRATEGIES", "")),
             log_level=values.get("STORAGE_LOG_LEVEL", d.log_level).upper(),
+            metrics_listen=values.get("STORAGE_METRICS_LISTEN", d.metrics_listen).strip(),
+            log_format=values.get("STORAGE_LOG_FORMAT", d.log_format).strip().lower(),
         )
+        _check_observability(config)
         if not 0 < config.limits.max_value_bytes <= MIB:
             raise ConfigError("STORAGE_MAX_VALUE_BYTES must be 1..1048576")
         if config.redis_url and not config.redis_url.startswith(("redis://", "rediss://")):
@@ -159,6 +167,14 @@ class Config:
 
 
 _DEFAULTS = Config()
+
+
+def _check_observability(config: Config) -> None:
+    listen = config.metrics_listen
+    if listen and (":" not in listen or not listen.rsplit(":", 1)[1].isdigit()):
+        raise ConfigError(f"STORAGE_METRICS_LISTEN must be host:port or empty, not {listen!r}")
+    if config.log_format not in ("json", "text"):
+        raise ConfigError(f"STORAGE_LOG_FORMAT must be json or text, not {config.log_format!r}")
 
 
 def _cores() -> int:

@@ -10,6 +10,7 @@ transaction commits, the cache (if any) learns every entry the session saved.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -132,8 +133,16 @@ class _Staged:
 class WriteSession:
     """Stage writes on one locked space, then commit them under one revision."""
 
-    def __init__(self, tx: SpaceTransaction, *, now: datetime, limits: QuotaLimits) -> None:
+    def __init__(
+        self,
+        tx: SpaceTransaction,
+        *,
+        now: datetime,
+        limits: QuotaLimits,
+        rejections: Counter[str] | None = None,
+    ) -> None:
         self._tx = tx
+        self._rejections = rejections if rejections is not None else Counter()
         self.now = now
         self.limits = limits
         self.revision = tx.state.revision
@@ -263,10 +272,14 @@ class WriteSession:
         limit (a write that shrinks usage is allowed even above a lowered limit)."""
         bytes_delta, keys_delta = self._bytes_delta, self._keys_delta
         used_bytes, used_keys = self._used_bytes + bytes_delta, self._used_keys + keys_delta
+        error = None
         if bytes_delta > 0 and used_bytes > self.limits.limit_bytes:
-            raise QuotaExceeded(kind="bytes", usage=self.usage, requested=bytes_delta)
-        if keys_delta > 0 and used_keys > self.limits.limit_keys:
-            raise QuotaExceeded(kind="keys", usage=self.usage, requested=keys_delta)
+            error = QuotaExceeded(kind="bytes", usage=self.usage, requested=bytes_delta)
+        elif keys_delta > 0 and used_keys > self.limits.limit_keys:
+            error = QuotaExceeded(kind="keys", usage=self.usage, requested=keys_delta)
+        if error is not None:
+            self._rejections[error.reason] += 1
+            raise error
         return used_bytes, used_keys
 
     async def commit(self) -> None:
@@ -307,6 +320,8 @@ class Writer:
         self._defaults = defaults
         self._cache = cache
         self._feed = feed
+        self.quota_rejections: Counter[str] = Counter()
+        """Writes (or atomic batches) refused by quota, by reason (read by metrics)."""
 
     @asynccontextmanager
     async def session(
@@ -318,7 +333,10 @@ class Writer:
         try:
             async with self._repository.transaction(space, keys) as tx:
                 session = WriteSession(
-                    tx, now=now, limits=effective_limits(self._defaults, tx.state)
+                    tx,
+                    now=now,
+                    limits=effective_limits(self._defaults, tx.state),
+                    rejections=self.quota_rejections,
                 )
                 start = session.revision
                 await session.sweep_expired()
