@@ -55,7 +55,8 @@ async def _handler(request: Any, context: Any) -> Any:
 
 async def _micro(calls: int) -> tuple[float, float]:
     """Microseconds of CPU per call: bare, observed."""
-    context, details = _Context(), _Details()
+    context: Any = _Context()
+    details: Any = _Details()
     inner = grpc.unary_unary_rpc_method_handler(_handler)
     observer = CallObserver(stats=RpcStats())
 
@@ -64,12 +65,12 @@ async def _micro(calls: int) -> tuple[float, float]:
 
     async def bare() -> None:
         for _ in range(calls):
-            handler = await continuation(details)
+            handler: Any = await continuation(details)
             await handler.unary_unary(b"x", context)
 
     async def observed() -> None:
         for _ in range(calls):
-            handler = await observer.intercept_service(continuation, details)
+            handler: Any = await observer.intercept_service(continuation, details)
             await handler.unary_unary(b"x", context)
 
     results: dict[str, list[float]] = {"bare": [], "observed": []}

@@ -147,7 +147,7 @@ def test_a_malformed_id_is_replaced(stub: kv_pb2_grpc.KeyValueStub, app_id: str,
 def test_streams_return_the_id_first(logged: ServerProcess, app_id: str) -> None:
     sent = f"watch-{uuid.uuid4().hex}"
     with grpc.insecure_channel(logged.target) as channel:
-        call = sync_pb2_grpc.SyncStub(channel).Watch(
+        call: Any = sync_pb2_grpc.SyncStub(channel).Watch(
             sync_pb2.WatchRequest(space=_space(app_id)),
             metadata=(*bearer(app_id, "alice"), ("x-request-id", sent)),
         )

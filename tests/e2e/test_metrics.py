@@ -6,6 +6,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -129,7 +130,7 @@ def test_open_watchers_and_stream_messages(metered: ServerProcess, app_id: str) 
     watch = {"grpc_service": "tmcp.storage.v1.Sync", "grpc_method": "Watch"}
     sent_before = scrape(metered).total("grpc_server_msg_sent_total", **watch)
     with grpc.insecure_channel(metered.target) as channel:
-        call = sync_pb2_grpc.SyncStub(channel).Watch(
+        call: Any = sync_pb2_grpc.SyncStub(channel).Watch(
             sync_pb2.WatchRequest(space=types_pb2.Space(app_id=app_id, user_id="alice")),
             metadata=bearer(app_id, "alice"),
         )
@@ -139,16 +140,20 @@ def test_open_watchers_and_stream_messages(metered: ServerProcess, app_id: str) 
         # The message may reach us before the server's write returns and counts it.
         during = wait_for(
             metered,
-            lambda s: s.total(watchers) == 1
-            and s.total("grpc_server_msg_sent_total", **watch) > sent_before,
+            lambda s: (
+                s.total(watchers) == 1
+                and s.total("grpc_server_msg_sent_total", **watch) > sent_before
+            ),
             "the watcher or its message is not counted",
         )
         assert during.total("grpc_server_started_total", grpc_type="server_stream", **watch) >= 1
         call.cancel()
     wait_for(
         metered,
-        lambda s: s.total(watchers) == 0
-        and s.total("grpc_server_handled_total", grpc_code="CANCELLED", **watch) >= 1,
+        lambda s: (
+            s.total(watchers) == 0
+            and s.total("grpc_server_handled_total", grpc_code="CANCELLED", **watch) >= 1
+        ),
         "the watcher is still counted, or its end is not",
     )
 
