@@ -121,7 +121,7 @@ def test_errors_carry_the_id_too(
     assert error.code() == grpc.StatusCode.NOT_FOUND
     assert _id_of(error.trailing_metadata()) == sent
     record = _access(logged, sent)
-    assert record["level"] == "INFO" and record["code"] == "NOT_FOUND"
+    assert record["level"] == "DEBUG" and record["code"] == "NOT_FOUND"  # a routine answer
     assert record["method"] == "/tmcp.storage.v1.KeyValue/Get"
 
     # Refused before any handler logic (no token): still an id, still a record.
@@ -129,7 +129,8 @@ def test_errors_carry_the_id_too(
         stub.Get(kv_pb2.GetRequest(space=_space(app_id), key="k"))
     error = caught.value
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert _access(logged, _id_of(error.trailing_metadata()))["code"] == "UNAUTHENTICATED"
+    record = _access(logged, _id_of(error.trailing_metadata()))
+    assert record["code"] == "UNAUTHENTICATED" and record["level"] == "INFO"
 
 
 @pytest.mark.parametrize("sent", ["has space", "x" * 129, "semi;colon", ""])
