@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 import uuid
@@ -230,3 +234,28 @@ def test_workers_are_scraped_in_one_place(postgres_url: str) -> None:
         assert server.stop() == 0
     with pytest.raises(urllib.error.URLError):  # the supervisor closed the endpoint
         urllib.request.urlopen(metrics_url(server), timeout=2)  # noqa: S310
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_busy_metrics_port_stops_the_start(postgres_url: str, workers: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "tmcp_storage_server", "serve"],
+            env={
+                **os.environ,
+                "STORAGE_DATABASE_URL": postgres_url,
+                "STORAGE_JWT_SECRET": "s" * 32,
+                "STORAGE_LISTEN": "127.0.0.1:0",
+                "STORAGE_WORKERS": workers,
+                "STORAGE_METRICS_LISTEN": f"127.0.0.1:{port}",
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1, done.stderr
+    assert "error: " in done.stderr and "in use" in done.stderr, done.stderr
+    assert "listening on" not in done.stdout
