@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -230,6 +232,19 @@ def test_workers_are_scraped_in_one_place(postgres_url: str) -> None:
             assert result.has("tmcp_storage_db_pool_size", worker=worker)
         # Every sample of every family names its worker.
         assert all("worker" in labels for _, labels, _ in result.samples)
+
+        # A restarted worker serves its (fresh) metrics at the same place again.
+        started = result.total("process_start_time_seconds", worker="0")
+        pid = re.findall(r"worker 0 started \(pid (\d+)\)", server.log())[-1]
+        os.kill(int(pid), signal.SIGKILL)
+        wait_for(
+            server,
+            lambda s: (
+                s.total("tmcp_storage_worker_up", worker="0") == 1
+                and s.total("process_start_time_seconds", worker="0") > started
+            ),
+            "worker 0 did not come back with its metrics",
+        )
     finally:
         assert server.stop() == 0
     with pytest.raises(urllib.error.URLError):  # the supervisor closed the endpoint

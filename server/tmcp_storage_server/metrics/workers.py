@@ -21,6 +21,7 @@ import socket
 import tempfile
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
@@ -50,6 +51,15 @@ def fetch(path: str, timeout: float = SCRAPE_TIMEOUT) -> str:
     return body.decode()
 
 
+def _families(path: str) -> list[Metric] | None:
+    """A worker's families, or None when it does not answer (restarting, stuck)."""
+    try:
+        return list(text_string_to_metric_families(fetch(path)))
+    except (OSError, ValueError) as exc:
+        log.debug("worker metrics at %s: %s", path, exc)
+        return None
+
+
 class WorkerCollector(Collector):
     """Every worker's families, merged, with a ``worker`` label on each sample."""
 
@@ -57,16 +67,16 @@ class WorkerCollector(Collector):
         self._sockets = sockets
 
     def collect(self) -> Iterator[Metric]:
-        """Scrape the workers one after another (a scrape is rare; workers are few)."""
+        """Scrape the workers at once (a stuck one costs one timeout, not one each)."""
         merged: dict[str, Metric] = {}
         up = GaugeMetricFamily(
             "tmcp_storage_worker_up", "1 if the worker answered this scrape.", labels=["worker"]
         )
-        for slot, path in sorted(self._sockets.items()):
-            try:
-                families = list(text_string_to_metric_families(fetch(path)))
-            except (OSError, ValueError) as exc:
-                log.debug("worker %s gave no metrics: %s", slot, exc)
+        slots = sorted(self._sockets, key=int)
+        with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+            answers = list(pool.map(_families, [self._sockets[slot] for slot in slots]))
+        for slot, families in zip(slots, answers, strict=True):
+            if families is None:
                 up.add_metric([slot], 0.0)
                 continue
             up.add_metric([slot], 1.0)
@@ -113,4 +123,7 @@ class WorkerMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=SCRAPE_TIMEOUT)
+            self._thread = None
         shutil.rmtree(self._dir, ignore_errors=True)
