@@ -13,7 +13,8 @@ PROTOS := $(wildcard protos/tmcp/storage/v1/*.proto)
 .PHONY: help install run test test-unit lint proto proto-check proto-deps bench bench-quick clean
 
 help:
-	@echo "make run          start the server (SQLite under ./data unless STORAGE_DATABASE_URL)"
+	@echo "make run          start the server (SQLite under ./data unless STORAGE_DATABASE_URL),"
+	@echo "                  with the gRPC-Web gateway on 127.0.0.1:8080"
 	@echo "make test         run all tests (needs PostgreSQL and Redis on 127.0.0.1)"
 	@echo "make lint         ruff, mypy --strict, import-linter, buf lint, proto-check"
 	@echo "make proto        regenerate Python code from protos/"
@@ -32,6 +33,9 @@ node_modules/.installed: package.json package-lock.json
 
 install: $(VENV)/.installed node_modules/.installed
 
+# The gRPC-Web gateway is on for make run, for pages served from itself or localhost:8080.
+run: export STORAGE_WEB_LISTEN ?= 127.0.0.1:8080
+run: export STORAGE_WEB_ORIGINS ?= http://localhost:8080,http://127.0.0.1:8080
 run: $(VENV)/.installed
 	$(PY) -m tmcp_storage_server serve
 

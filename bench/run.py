@@ -60,6 +60,9 @@ class Scenario:
     request: Callable[[int], object]
     items_per_call: int = 1
     baseline: str = ""
+    spaces: int = SPACES
+    """Spaces (users) the calls spread over, one h2load process each; the same 64 calls
+    stay in flight."""
     results: list[h2.Result] = field(default_factory=list)
 
 
@@ -132,6 +135,15 @@ def scenarios(echo: Target, floor: Target, storage: list[Target]) -> list[Scenar
             "/tmcp.storage.v1.KeyValue/Get",
             lambda u: kv_pb2.GetRequest(space=space(u), key="floor"),
         ),
+        Scenario(
+            "Put 100 B, 16 spaces",
+            floor,
+            "/tmcp.storage.v1.KeyValue/Put",
+            lambda u: kv_pb2.PutRequest(
+                space=space(u), key="floor", value=types_pb2.Value(raw=value100)
+            ),
+            spaces=16,
+        ),
     ]
     for target in storage:
         rows.append(
@@ -163,6 +175,16 @@ def scenarios(echo: Target, floor: Target, storage: list[Target]) -> list[Scenar
                     space=space(u), key="p", value=types_pb2.Value(raw=value100)
                 ),
                 baseline="Put 100 B",
+            ),
+            Scenario(
+                "Put 100 B, 16 spaces",
+                target,
+                "/tmcp.storage.v1.KeyValue/Put",
+                lambda u: kv_pb2.PutRequest(
+                    space=space(u), key="p", value=types_pb2.Value(raw=value100)
+                ),
+                baseline="Put 100 B, 16 spaces",
+                spaces=16,
             ),
             Scenario(
                 "Put 4 KiB",
@@ -254,11 +276,13 @@ def check_grpc_status(scenario: Scenario) -> None:
 
 def measure(row: Scenario, duration: float) -> h2.Result:
     connections, streams = IN_FLIGHT_PER_SPACE
+    if row.spaces != SPACES:  # the same calls in flight, spread over more spaces
+        connections, streams = 1, connections * streams * SPACES // row.spaces
     load = h2.Load(
         port=row.target.port,
         path=row.path,
-        bodies=[h2.grpc_body(row.request(u)) for u in range(SPACES)],  # type: ignore[arg-type]
-        tokens=[token(APP, f"u{u}") for u in range(SPACES)],
+        bodies=[h2.grpc_body(row.request(u)) for u in range(row.spaces)],  # type: ignore[arg-type]
+        tokens=[token(APP, f"u{u}") for u in range(row.spaces)],
         connections=connections,
         streams=streams,
         duration=duration,

@@ -63,6 +63,8 @@ async def _serve(config: Config) -> None:
     if workers.is_worker():
         workers.worker_ready()
     else:
+        if app.gateway is not None:  # before the listening line, which tells readiness
+            print(f"tmcp-storage gRPC-Web gateway on {config.web_listen} (port {app.gateway.port})")
         print(f"tmcp-storage listening on {config.listen} (port {app.port})", flush=True)
     await stop.wait()
     log.info("shutting down: draining in-flight calls")

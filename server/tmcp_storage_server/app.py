@@ -18,12 +18,15 @@ from grpc_health.v1 import health, health_pb2
 from tmcp_storage_server import workers
 from tmcp_storage_server.api.auth import TokenVerifier
 from tmcp_storage_server.api.batch import BatchServicer
+from tmcp_storage_server.api.gateway import Gateway, upstream_target
 from tmcp_storage_server.api.kv import KeyValueServicer
 from tmcp_storage_server.api.observe import CallObserver, RpcStats
 from tmcp_storage_server.api.quota import QuotaServicer
-from tmcp_storage_server.api.server import SERVICE_NAMES, build_server
+from tmcp_storage_server.api.server import MAX_MESSAGE_BYTES, SERVICE_NAMES, build_server
 from tmcp_storage_server.api.sync import SyncServicer
+from tmcp_storage_server.api.transport import server_credentials, server_options
 from tmcp_storage_server.config import Config
+from tmcp_storage_server.core import ratelimit
 from tmcp_storage_server.core.batch import BatchService
 from tmcp_storage_server.core.clock import SystemClock
 from tmcp_storage_server.core.conflict_records import ConflictService
@@ -138,6 +141,24 @@ async def build_feed(config: Config) -> LocalChangeFeed:
     return feed
 
 
+async def start_gateway(config: Config, grpc_port: int) -> Gateway:
+    """The gRPC-Web gateway on ``config.web_listen``, forwarding to this process's gRPC
+    port over loopback in plaintext (config refuses it together with TLS)."""
+    gateway = Gateway(
+        listen=config.web_listen,
+        upstream=upstream_target(config.listen, grpc_port),
+        origins=config.web_origins,
+        max_message_bytes=MAX_MESSAGE_BYTES,
+        credentials=None,
+        shutdown_grace=config.shutdown_grace,
+        # Browsers' Watches hold upstream streams: stay under the server's per-connection cap.
+        streams_per_connection=min(100, config.max_streams or 100),
+    )
+    port = await gateway.start()
+    log.info("gRPC-Web gateway on %s (port %d)", config.web_listen, port)
+    return gateway
+
+
 @dataclass
 class App:
     """A running server and its background tasks."""
@@ -152,6 +173,8 @@ class App:
     _watcher: WatchService
     cache: TwoLevelCache | None = None
     metrics: metrics_endpoint.MetricsEndpoint | None = None
+    gateway: Gateway | None = None
+    """The gRPC-Web gateway, when ``web_listen`` is set."""
 
     @classmethod
     async def start(cls, config: Config) -> App:
@@ -162,7 +185,13 @@ class App:
         clock = SystemClock()
         feed = await build_feed(config)
         cache, subscriber = build_cache(config)
-        writer = Writer(repository=repository, defaults=config.limits, cache=cache, feed=feed)
+        writer = Writer(
+            repository=repository,
+            defaults=config.limits,
+            cache=cache,
+            feed=feed,
+            limiter=ratelimit.limiter(config.write_rate, config.write_burst),
+        )
         watcher = WatchService(
             repository=repository,
             feed=feed,
@@ -206,9 +235,16 @@ class App:
                 auth=auth,
             ),
             health_servicer=health_servicer,
+            options=server_options(
+                max_streams=config.max_streams, min_ping=config.keepalive_min_ping
+            ),
             interceptors=[CallObserver(stats=rpc_stats)],
         )
-        port = server.add_insecure_port(config.listen)
+        credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+        if credentials is None:
+            port = server.add_insecure_port(config.listen)
+        else:
+            port = server.add_secure_port(config.listen, credentials)
         if port == 0:
             await feed.stop()
             await repository.close()
@@ -238,10 +274,17 @@ class App:
         ]
         if subscriber is not None:
             app._tasks.append(asyncio.create_task(subscriber.run(), name="invalidations"))
+        if config.web_listen:
+            try:
+                app.gateway = await start_gateway(config, port)
+            except OSError:
+                await app.stop()
+                raise
         log.info(
-            "serving on %s (port %d), database %s",
+            "serving on %s (port %d, %s), database %s",
             config.listen,
             port,
+            ("mutual TLS" if config.tls_client_ca else "TLS") if config.tls else "plaintext",
             "sqlite " + config.sqlite_path if config.embedded else "postgresql",
         )
         log.info("metrics: %s", metrics_at())
@@ -326,7 +369,10 @@ class App:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._watcher.close()  # streams end with UNAVAILABLE and their resume cursor
-        await self._server.stop(self.config.shutdown_grace)
+        if self.gateway is not None:  # drains its HTTP calls while the server drains
+            await asyncio.gather(self._server.stop(self.config.shutdown_grace), self.gateway.stop())
+        else:
+            await self._server.stop(self.config.shutdown_grace)
         if self.metrics is not None:
             await self.metrics.close()
         await self._feed.stop()

@@ -6,11 +6,13 @@ Every setting is a ``STORAGE_*`` environment variable; the command line may over
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from tmcp_storage_server import tls_files
 from tmcp_storage_server.model import ConflictStrategy, QuotaLimits
 
 MIB = 1024 * 1024
@@ -82,6 +84,36 @@ class Config:
     0 picks one); "" turns it off. With workers the supervisor serves it for all."""
     log_format: str = "json"
     """``STORAGE_LOG_FORMAT``: ``json`` (one object per line) or ``text`` (for humans)."""
+    tls_cert: str = ""
+    """``STORAGE_TLS_CERT``: PEM certificate (chain) of the gRPC port; with ``tls_key``, the
+    port speaks TLS only."""
+    tls_key: str = ""
+    """``STORAGE_TLS_KEY``: PEM private key (unencrypted) of ``tls_cert``."""
+    tls_client_ca: str = ""
+    """``STORAGE_TLS_CLIENT_CA``: PEM certificates of the CAs that sign client certificates;
+    set = mutual TLS: every connection must present a certificate they signed."""
+    max_streams: int = 1000
+    """``STORAGE_MAX_STREAMS``: concurrent streams (calls) per connection; a client's extra
+    calls wait in its own queue. 0 = gRPC's default (no limit)."""
+    keepalive_min_ping: float = 10.0
+    """``STORAGE_KEEPALIVE_MIN_PING``: seconds; a client that pings more often is sent
+    GOAWAY (ENHANCE_YOUR_CALM, "too_many_pings") after two such pings."""
+    write_rate: float = 0.0
+    """``STORAGE_WRITE_RATE``: writes per second per space, per process; 0 = unlimited."""
+    write_burst: int = 0
+    """``STORAGE_WRITE_BURST``: writes a space may make at once before the rate applies;
+    0 = twice ``write_rate`` (at least 1)."""
+
+    web_listen: str = ""
+    """``STORAGE_WEB_LISTEN``: host:port of the in-process gRPC-Web gateway; "" = off."""
+    web_origins: tuple[str, ...] = ()
+    """``STORAGE_WEB_ORIGINS``: comma-separated exact origins (``scheme://host[:port]``,
+    or ``*`` for any) that browsers may call the gateway from; other origins are refused."""
+
+    @property
+    def tls(self) -> bool:
+        """Whether the gRPC port speaks TLS."""
+        return bool(self.tls_cert)
 
     @property
     def embedded(self) -> bool:
@@ -137,10 +169,28 @@ class Config:
             history_retention=_float(values, "STORAGE_HISTORY_RETENTION", d.history_retention),
             app_strategies=parse_app_strategies(values.get("STORAGE_APP_STRATEGIES", "")),
             log_level=values.get("STORAGE_LOG_LEVEL", d.log_level).upper(),
+            tls_cert=values.get("STORAGE_TLS_CERT", ""),
+            tls_key=values.get("STORAGE_TLS_KEY", ""),
+            tls_client_ca=values.get("STORAGE_TLS_CLIENT_CA", ""),
+            max_streams=_int(values, "STORAGE_MAX_STREAMS", d.max_streams),
+            keepalive_min_ping=_float(values, "STORAGE_KEEPALIVE_MIN_PING", d.keepalive_min_ping),
+            write_rate=_rate(values, "STORAGE_WRITE_RATE", d.write_rate),
+            write_burst=_int(values, "STORAGE_WRITE_BURST", d.write_burst),
+            web_listen=parse_web_listen(values.get("STORAGE_WEB_LISTEN", d.web_listen)),
+            web_origins=parse_origins(values.get("STORAGE_WEB_ORIGINS", "")),
             metrics_listen=values.get("STORAGE_METRICS_LISTEN", d.metrics_listen).strip(),
             log_format=values.get("STORAGE_LOG_FORMAT", d.log_format).strip().lower(),
         )
         _check_observability(config)
+        tls_problem = tls_files.check(config.tls_cert, config.tls_key, config.tls_client_ca)
+        if tls_problem is not None:
+            raise ConfigError(tls_problem)
+        if config.tls and config.web_listen:
+            # The in-process gateway reaches the gRPC port over loopback without credentials.
+            raise ConfigError(
+                "STORAGE_WEB_LISTEN cannot be combined with STORAGE_TLS_*: terminate TLS "
+                "and gRPC-Web in Envoy (deploy/envoy.yaml) instead"
+            )
         if not 0 < config.limits.max_value_bytes <= MIB:
             raise ConfigError("STORAGE_MAX_VALUE_BYTES must be 1..1048576")
         if config.redis_url and not config.redis_url.startswith(("redis://", "rediss://")):
@@ -202,6 +252,39 @@ def parse_app_strategies(text: str) -> dict[str, ConflictStrategy]:
             raise ConfigError(f"STORAGE_APP_STRATEGIES names app {app!r} twice")
         result[app] = strategy
     return result
+
+
+def _rate(values: Mapping[str, str], name: str, default: float) -> float:
+    try:
+        result = float(values[name]) if name in values else default
+    except ValueError:
+        raise ConfigError(f"{name} must be a number") from None
+    if not 0 <= result < float("inf"):
+        raise ConfigError(f"{name} must be 0 (unlimited) or a positive number")
+    return result
+
+
+def parse_web_listen(text: str) -> str:
+    """``STORAGE_WEB_LISTEN``: "" (off) or host:port."""
+    listen = text.strip()
+    if listen and (":" not in listen or not listen.rsplit(":", 1)[1].isdigit()):
+        raise ConfigError(f"STORAGE_WEB_LISTEN must be host:port or empty, not {listen!r}")
+    return listen
+
+
+_ORIGIN = re.compile(r"https?://[^/\s:]+(:\d{1,5})?|https?://\[[0-9a-fA-F:.]+\](:\d{1,5})?")
+
+
+def parse_origins(text: str) -> tuple[str, ...]:
+    """``STORAGE_WEB_ORIGINS``: exact origins as a browser sends them (no path, no
+    trailing slash; lower-cased, as browsers send them), or ``*``."""
+    origins = tuple(filter(None, (part.strip().lower() for part in text.split(","))))
+    for origin in origins:
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            raise ConfigError(
+                f"STORAGE_WEB_ORIGINS: {origin!r} is not an origin like http://host:port"
+            )
+    return origins
 
 
 def _int(values: Mapping[str, str], name: str, default: int) -> int:

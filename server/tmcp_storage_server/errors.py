@@ -9,6 +9,7 @@
     ├── FailedPrecondition            FAILED_PRECONDITION (CONFLICT_RESOLVED)
     ├── QuotaExceeded                 RESOURCE_EXHAUSTED, QUOTA_BYTES / QUOTA_KEYS; usage
     ├── SlowConsumer                  RESOURCE_EXHAUSTED, SLOW_CONSUMER; resume cursor
+    ├── RateLimited                   RESOURCE_EXHAUSTED, RATE_LIMITED; retry delay
     ├── OutOfRange                    OUT_OF_RANGE (CURSOR_COMPACTED, MUTATION_GAP)
     ├── Unauthenticated               UNAUTHENTICATED, TOKEN_INVALID / TOKEN_EXPIRED
     ├── PermissionDenied              PERMISSION_DENIED, SCOPE_MISSING / SPACE_FORBIDDEN
@@ -20,6 +21,7 @@ them. Anything that is not a StorageError becomes INTERNAL without its text.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from tmcp_storage_server.model import QuotaUsage, Rejection
@@ -131,6 +133,25 @@ class SlowConsumer(StorageError):
     """A watcher fell too far behind; it may resume from the cursor in the metadata."""
 
     default_reason = "SLOW_CONSUMER"
+
+
+class RateLimited(StorageError):
+    """The space's write rate limit refused the call; nothing was written, and the same
+    call is admitted after ``retry_after`` seconds (if no other write comes first)."""
+
+    default_reason = "RATE_LIMITED"
+
+    def __init__(self, *, retry_after: float, rate: float, burst: int) -> None:
+        super().__init__(
+            f"too many writes to this space: at most {rate:g} per second "
+            f"(bursts of {burst}); retry in {retry_after:.3f} s",
+            metadata={
+                "rate": f"{rate:g}",
+                "burst": str(burst),
+                "retry_after_ms": str(math.ceil(retry_after * 1000)),
+            },
+        )
+        self.retry_after = retry_after
 
 
 class OutOfRange(StorageError):

@@ -102,10 +102,16 @@ class Supervisor:
     workers: list[_Worker] = field(default_factory=list)
     _stopping: bool = False
     _metrics: WorkerMetrics | None = None
+    _web_listen: str = ""
 
     def run(self) -> int:
         """Until SIGTERM/SIGINT; returns the exit code."""
         listen, holder = reserve_port(self.config.listen)
+        # The gRPC-Web gateway's port too, so that every worker binds the same one.
+        web_listen, web_holder = (
+            reserve_port(self.config.web_listen) if self.config.web_listen else ("", None)
+        )
+        self._web_listen = web_listen
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         try:
@@ -117,6 +123,11 @@ class Supervisor:
                 self._stop_all()
                 return 1
             port = listen.rpartition(":")[2]
+            if web_listen:
+                web_port = web_listen.rpartition(":")[2]
+                print(
+                    f"tmcp-storage gRPC-Web gateway on {self.config.web_listen} (port {web_port})"
+                )
             print(f"tmcp-storage listening on {self.config.listen} (port {port})", flush=True)
             log.info("%d workers serving on %s", len(self.workers), listen)
             while not self._stopping:
@@ -128,6 +139,8 @@ class Supervisor:
                 holder.close()
             if self._metrics is not None:
                 self._metrics.close()
+            if web_holder is not None:
+                web_holder.close()
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
         self._stopping = True
@@ -141,6 +154,7 @@ class Supervisor:
             "STORAGE_DATA_DIR": self.config.data_dir,
             "STORAGE_JWT_SECRET": self.config.jwt_secret,
             "STORAGE_WORKERS": "1",
+            "STORAGE_WEB_LISTEN": self._web_listen,
             READY_FD_ENV: str(write_fd),
         }
         if self._metrics is not None:

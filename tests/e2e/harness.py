@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tmcp_storage import Tls
 from tmcp_storage_server.api.auth import mint_token
 
 TEST_SECRET = "test-secret-" + "x" * 32
 _LISTENING = re.compile(r"listening on \S+ \(port (\d+)\)")
+_GATEWAY = re.compile(r"gRPC-Web gateway on \S+ \(port (\d+)\)")
 
 
 @dataclass
@@ -29,6 +31,10 @@ class ServerProcess:
     port: int = 0
     process: subprocess.Popen[str] | None = None
     log_path: str = ""
+    tls: Tls | None = None
+    """How to reach a server started with STORAGE_TLS_* (None: plaintext)."""
+    web_port: int = 0
+    """The gRPC-Web gateway's port, when ``STORAGE_WEB_LISTEN`` is set."""
 
     @property
     def target(self) -> str:
@@ -68,19 +74,32 @@ class ServerProcess:
             match = _LISTENING.search(self.log())
             if match:
                 self.port = int(match.group(1))
+                gateway = _GATEWAY.search(self.log())
+                self.web_port = int(gateway.group(1)) if gateway else 0
                 self._wait_serving(deadline)
                 return self
             time.sleep(0.02)
         self.kill()
         raise RuntimeError("server did not start:\n" + self.log())
 
+    @property
+    def web_url(self) -> str:
+        """Base URL of the gRPC-Web gateway."""
+        return f"http://127.0.0.1:{self.web_port}"
+
     def log(self) -> str:
         """Everything the server printed so far."""
         with open(self.log_path) as out:
             return out.read()
 
+    def channel(self) -> grpc.Channel:
+        """A new blocking channel to the server, TLS when ``tls`` is set."""
+        if self.tls is None:
+            return grpc.insecure_channel(self.target)
+        return grpc.secure_channel(self.target, self.tls.credentials(), self.tls.options())
+
     def _wait_serving(self, deadline: float) -> None:
-        with grpc.insecure_channel(self.target) as channel:
+        with self.channel() as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 try:

@@ -12,12 +12,13 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from tmcp.storage.v1 import sync_pb2, sync_pb2_grpc, types_pb2
-from tmcp_storage import Client, Mutation, NotFound, QuotaExceeded, Space
+from tmcp_storage import Client, Mutation, NotFound, QuotaExceeded, RateLimited, Space
 
 from tests.conftest import REDIS_URL
 from tests.e2e.harness import ServerProcess, token
@@ -274,3 +275,31 @@ def test_a_busy_metrics_port_stops_the_start(postgres_url: str, workers: str) ->
     assert done.returncode == 1, done.stderr
     assert "error: " in done.stderr and "in use" in done.stderr, done.stderr
     assert "listening on" not in done.stdout
+
+
+def test_rate_limited_writes_are_counted(tmp_path: Path) -> None:
+    env = {
+        "STORAGE_METRICS_LISTEN": "127.0.0.1:0",
+        "STORAGE_WRITE_RATE": "0.1",
+        "STORAGE_WRITE_BURST": "1",
+    }
+    server = ServerProcess("sqlite:///" + str(tmp_path / "storage.db"), env=env).start()
+    try:
+        app_id = "app-" + uuid.uuid4().hex[:12]
+        refused = 0
+        with Client(
+            server.target, token=token(app_id, "alice"), space=Space(app_id, "alice"), retries=0
+        ) as client:
+            for i in range(3):
+                try:
+                    client.put(f"k{i}", i)
+                except RateLimited:
+                    refused += 1
+        assert refused == 2  # a burst of one, then one write per ten seconds
+        wait_for(
+            server,
+            lambda s: s.total("tmcp_storage_rate_limited_total") == refused,
+            "rate-limited writes are not counted",
+        )
+    finally:
+        server.stop()

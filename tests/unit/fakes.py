@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -91,14 +92,26 @@ class FakeRepository:
 
     def __init__(self) -> None:
         self.spaces: dict[Space, _Space] = {}
+        self.transactions = 0
+        """Transactions opened so far."""
+        self.hold: asyncio.Event | None = None
+        """If set, a transaction waits for it before committing (writers queue meanwhile)."""
+        self.fail_commit: Exception | None = None
+        """If set, the next commit raises it instead (and rolls back)."""
 
     @asynccontextmanager
     async def transaction(
         self, space: Space, keys: Sequence[str] = ()
     ) -> AsyncIterator[_Transaction]:
+        self.transactions += 1
         current = self.spaces.setdefault(space, _Space())
         scratch = _Space(current.state, dict(current.entries), list(current.changes))
         yield _Transaction(scratch)
+        if self.hold is not None:
+            await self.hold.wait()
+        if self.fail_commit is not None:
+            failure, self.fail_commit = self.fail_commit, None
+            raise failure
         self.spaces[space] = scratch  # commit only on normal exit
 
     async def get(self, space: Space, key: str, now: datetime) -> tuple[Entry | None, int]:

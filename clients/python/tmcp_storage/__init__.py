@@ -22,6 +22,7 @@ from tmcp_storage.errors import (
     OutOfRange,
     PermissionDenied,
     QuotaExceeded,
+    RateLimited,
     ResourceExhausted,
     StorageError,
     Unauthenticated,
@@ -61,6 +62,7 @@ from tmcp_storage.sync_models import (
     SyncStatus,
     WatchEvent,
 )
+from tmcp_storage.tls import Tls
 
 __all__ = [
     "AlreadyExists",
@@ -95,6 +97,7 @@ __all__ = [
     "QuotaInfo",
     "QuotaLimits",
     "QuotaUsage",
+    "RateLimited",
     "ResourceExhausted",
     "Result",
     "SetItem",
@@ -103,6 +106,7 @@ __all__ = [
     "StorageError",
     "Strategy",
     "SyncStatus",
+    "Tls",
     "Unauthenticated",
     "Unavailable",
     "UsageInfo",

@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 
 from tmcp_storage._retry import RetryPolicy
+from tmcp_storage.tls import Tls
 
 MAX_MESSAGE_BYTES = 20 * 1024 * 1024
 """Largest message sent or received: a 16 MiB batch plus headroom."""
@@ -29,7 +30,7 @@ class Settings:
     token: Token | None
     """Bearer token or token source; None sends no `authorization` header."""
     credentials: grpc.ChannelCredentials | None
-    """TLS credentials; None for a plaintext channel."""
+    """TLS credentials (given, or built from `tls`); None for a plaintext channel."""
     timeout: float | None
     """Default deadline of a call in seconds, retries included; None for none."""
     retry: RetryPolicy
@@ -47,10 +48,16 @@ class Settings:
         timeout: float | None,
         retries: int,
         options: Sequence[tuple[str, Any]],
+        tls: Tls | None = None,
     ) -> Settings:
         """Check the constructor arguments of a client and settle its defaults."""
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be positive or None, not {timeout}")
+        if tls is not None:
+            if credentials is not None:
+                raise ValueError("give tls or credentials, not both")
+            credentials = tls.credentials()
+            options = (*tls.options(), *options)
         given = {name for name, _ in options}
         defaults = [
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

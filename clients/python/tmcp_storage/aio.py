@@ -49,6 +49,7 @@ from tmcp_storage.sync_models import (
     WatchEvent,
 )
 from tmcp_storage.sync_operations import SyncOperations
+from tmcp_storage.tls import Tls
 
 
 class AsyncClient:
@@ -60,7 +61,9 @@ class AsyncClient:
     `token` is a bearer token, or a function returning one (called for every attempt,
     so it may refresh). `space` is the default for every call. `timeout` is the default
     deadline of a call in seconds, retries included (None: no deadline); a call's own
-    `timeout` replaces it. UNAVAILABLE is retried up to `retries` times. Calls raise
+    `timeout` replaces it. UNAVAILABLE is retried up to `retries` times. `tls`
+    (`tmcp_storage.Tls`: root CA, client certificate, server name) makes the channel
+    TLS; `credentials` is the raw gRPC alternative. Calls raise
     `tmcp_storage.errors.StorageError` subclasses, and ValueError when no space is known.
     """
 
@@ -71,6 +74,7 @@ class AsyncClient:
         token: str | Callable[[], str] | None = None,
         space: Space | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        tls: Tls | None = None,
         timeout: float | None = 10.0,
         retries: int = 3,
         options: Sequence[tuple[str, Any]] = (),
@@ -79,6 +83,7 @@ class AsyncClient:
             target,
             token=token,
             credentials=credentials,
+            tls=tls,
             timeout=timeout,
             retries=retries,
             options=options,

@@ -44,6 +44,7 @@ from tmcp_storage.sync_models import (
     WatchEvent,
 )
 from tmcp_storage.sync_operations import SyncOperations
+from tmcp_storage.tls import Tls
 
 
 class Client:
@@ -52,7 +53,9 @@ class Client:
     `token` is a bearer token, or a function returning one (called for every attempt,
     so it may refresh). `space` is the default for every call. `timeout` is the default
     deadline of a call in seconds, retries included (None: no deadline); a call's own
-    `timeout` replaces it. UNAVAILABLE is retried up to `retries` times. Calls raise
+    `timeout` replaces it. UNAVAILABLE is retried up to `retries` times. `tls`
+    (`tmcp_storage.Tls`: root CA, client certificate, server name) makes the channel
+    TLS; `credentials` is the raw gRPC alternative. Calls raise
     `tmcp_storage.errors.StorageError` subclasses, and ValueError when no space is known.
     """
 
@@ -63,6 +66,7 @@ class Client:
         token: str | Callable[[], str] | None = None,
         space: Space | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        tls: Tls | None = None,
         timeout: float | None = 10.0,
         retries: int = 3,
         options: Sequence[tuple[str, Any]] = (),
@@ -71,14 +75,17 @@ class Client:
             target,
             token=token,
             credentials=credentials,
+            tls=tls,
             timeout=timeout,
             retries=retries,
             options=options,
         )
-        if credentials is None:
+        if settings.credentials is None:
             self._channel = grpc.insecure_channel(target, options=settings.options)
         else:
-            self._channel = grpc.secure_channel(target, credentials, options=settings.options)
+            self._channel = grpc.secure_channel(
+                target, settings.credentials, options=settings.options
+            )
         self._runner = BlockingRunner(self._channel, settings)
         self._ops = Operations(space=space)
         self._sync = SyncOperations(space_of=self._ops.space)

@@ -8,8 +8,9 @@
     ├── AlreadyExists             ALREADY_EXISTS: KEY_EXISTS; current_version
     ├── FailedPrecondition        FAILED_PRECONDITION
     │   └── VersionConflict       VERSION_MISMATCH; current_version
-    ├── ResourceExhausted         RESOURCE_EXHAUSTED: SLOW_CONSUMER, rate limits
-    │   └── QuotaExceeded         QUOTA_BYTES, QUOTA_KEYS; kind
+    ├── ResourceExhausted         RESOURCE_EXHAUSTED: SLOW_CONSUMER, message too large
+    │   ├── QuotaExceeded         QUOTA_BYTES, QUOTA_KEYS; kind
+    │   └── RateLimited           RATE_LIMITED; retry_after (nothing was written)
     ├── OutOfRange                OUT_OF_RANGE: CURSOR_COMPACTED, MUTATION_GAP
     ├── PermissionDenied          PERMISSION_DENIED: SCOPE_MISSING, SPACE_FORBIDDEN
     ├── Unauthenticated           UNAUTHENTICATED: TOKEN_INVALID, TOKEN_EXPIRED
@@ -153,6 +154,20 @@ class QuotaExceeded(ResourceExhausted):
         return None
 
 
+class RateLimited(ResourceExhausted):
+    """The space's write rate limit refused the call. Nothing was written: the same call
+    may be made again after `retry_after` seconds."""
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds to wait before the call is admitted (the server's RetryInfo)."""
+        delay = self.retry_delay
+        if delay is not None:
+            return delay
+        millis = _int_or_none(self.metadata.get("retry_after_ms"))
+        return millis / 1000 if millis is not None else 1.0
+
+
 class OutOfRange(StorageError):
     """A cursor or mutation id lies outside what the server can serve."""
 
@@ -191,6 +206,7 @@ _BY_REASON: dict[str, type[StorageError]] = {
     "CURSOR_COMPACTED": OutOfRange,
     "MUTATION_GAP": OutOfRange,
     "SLOW_CONSUMER": ResourceExhausted,
+    "RATE_LIMITED": RateLimited,
     **dict.fromkeys(
         (
             "INVALID_ARGUMENT",

@@ -35,7 +35,7 @@ import grpc
 from tmcp.storage.v1 import sync_pb2
 
 from tmcp_storage.client import Client
-from tmcp_storage.errors import NotFound, OutOfRange, StorageError, from_rpc_error
+from tmcp_storage.errors import NotFound, OutOfRange, RateLimited, StorageError, from_rpc_error
 from tmcp_storage.models import Entry, Space
 from tmcp_storage.sync_models import Change, Mutation, MutationOutcome, Result, Strategy
 from tmcp_storage.sync_operations import (
@@ -335,6 +335,8 @@ class OfflineStore:
                 delay = retry_delay
             except StorageError as exc:
                 log.info("offline store: stream ended (%s); reconnecting", exc.reason or exc)
+                if isinstance(exc, RateLimited):  # reconnect no sooner than the server asks
+                    delay = max(delay, exc.retry_after)
             if stop.wait(delay):
                 return
             delay = min(delay * 2, max_delay)

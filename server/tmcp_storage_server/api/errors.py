@@ -8,6 +8,7 @@ internal text.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import grpc
@@ -30,6 +31,7 @@ _CODES: tuple[tuple[type[errors.StorageError], grpc.StatusCode], ...] = (
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.SlowConsumer, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.OutOfRange, grpc.StatusCode.OUT_OF_RANGE),
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
@@ -80,9 +82,10 @@ def _detail(error: errors.StorageError) -> Message | None:
             ]
         )
         return detail
-    if isinstance(error, errors.Unavailable):
+    if isinstance(error, errors.Unavailable | errors.RateLimited):
         delay = duration_pb2.Duration()
-        delay.FromMilliseconds(int(error.retry_after * 1000))
+        # Rounded up: a client that waits exactly this long is admitted.
+        delay.FromMilliseconds(math.ceil(error.retry_after * 1000))
         detail = error_details_pb2.RetryInfo(retry_delay=delay)
         return detail
     return None

@@ -164,7 +164,9 @@ class BatchService:
             _reject_duplicate_writes(field, operations)
         results: list[ItemResult] = []
         keys = list(dict.fromkeys(p.key for p in prepared if not isinstance(p, StorageError)))
-        async with self._writer.session(space, self._clock.now(), keys) as session:
+        # The rate limit counts write items (a read-only Execute is free).
+        writes = sum(not isinstance(op, GetCommand) for op in operations)
+        async with self._writer.session(space, self._clock.now(), keys, cost=writes) as session:
             await session.load(keys)
             for index, item in enumerate(prepared):
                 if isinstance(item, StorageError):

@@ -29,6 +29,6 @@ class Sweeper:
         """Sweep up to one batch of spaces; returns how many spaces were swept."""
         spaces = await self._repository.spaces_with_expired(self._clock.now(), self._batch)
         for space in spaces:
-            async with self._writer.session(space, self._clock.now()):
-                pass  # opening a session sweeps the space
+            async with self._writer.session(space, self._clock.now(), cost=0):
+                pass  # opening a session sweeps the space (the server's own work: free)
         return len(spaces)

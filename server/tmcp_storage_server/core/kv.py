@@ -14,12 +14,10 @@ from tmcp_storage_server.core.commands import (
     TouchCommand,
     WriteResult,
 )
+from tmcp_storage_server.core.grouping import WriteGroups
 from tmcp_storage_server.core.pagination import PageToken
 from tmcp_storage_server.core.ports import Cache, Clock, Repository
-from tmcp_storage_server.core.writes import (
-    Writer,
-    build_tombstone,
-)
+from tmcp_storage_server.core.writes import Writer, WriteSession, build_tombstone
 from tmcp_storage_server.errors import InvalidArgument, NotFound
 from tmcp_storage_server.model import ChangeOp, Entry, Principal, Space
 
@@ -51,6 +49,8 @@ class KeyValueService:
         self._writer = writer
         self._clock = clock
         self._cache = cache
+        # Single-key writes of a space that arrive together share one transaction.
+        self._groups = WriteGroups(writer=writer, clock=clock)
 
     async def get(
         self, principal: Principal, space: Space, key: str, *, strong: bool = False
@@ -75,17 +75,23 @@ class KeyValueService:
         """Create or replace one key."""
         authorize(principal, validate.space(space), Action.WRITE)
         cmd = validate_put(cmd)
-        async with self._writer.session(space, self._clock.now(), [cmd.key]) as session:
-            entry = await mutations.put(session, cmd)
-        return WriteResult(revision=session.revision, usage=session.usage, entry=entry)
+
+        async def put(session: WriteSession) -> Entry:
+            return await mutations.put(session, cmd)
+
+        done = await self._groups.write(space, [cmd.key], put)
+        return WriteResult(revision=done.revision, usage=done.usage, entry=done.value)
 
     async def delete(self, principal: Principal, space: Space, cmd: DeleteCommand) -> WriteResult:
         """Delete one key; an absent key is ``deleted = False``, not an error."""
         authorize(principal, validate.space(space), Action.WRITE)
         validate.key(cmd.key)
-        async with self._writer.session(space, self._clock.now(), [cmd.key]) as session:
-            deleted = await mutations.delete(session, cmd)
-        return WriteResult(revision=session.revision, usage=session.usage, deleted=deleted)
+
+        async def delete(session: WriteSession) -> bool:
+            return await mutations.delete(session, cmd)
+
+        done = await self._groups.write(space, [cmd.key], delete)
+        return WriteResult(revision=done.revision, usage=done.usage, deleted=done.value)
 
     async def touch(self, principal: Principal, space: Space, cmd: TouchCommand) -> WriteResult:
         """Set, refresh or clear the expiry of a live key, keeping its version."""
@@ -95,14 +101,18 @@ class KeyValueService:
             raise InvalidArgument(
                 "ttl", "set exactly one of ttl, expires_at and clear_ttl", reason="INVALID_TTL"
             )
-        async with self._writer.session(space, self._clock.now(), [cmd.key]) as session:
+
+        async def touch(session: WriteSession) -> Entry:
             current = (await session.load([cmd.key])).get(cmd.key)
             if current is None or not current.live_at(session.now):
                 raise NotFound(cmd.key)
             expires_at = validate.expiry(session.now, ttl=cmd.ttl, expires_at=cmd.expires_at)
             entry = replace(current, expires_at=expires_at, mod_revision=session.next_revision)
             session.stage(entry, current, ChangeOp.TOUCH)
-        return WriteResult(revision=session.revision, usage=session.usage, entry=entry)
+            return entry
+
+        done = await self._groups.write(space, [cmd.key], touch)
+        return WriteResult(revision=done.revision, usage=done.usage, entry=done.value)
 
     async def delete_prefix(
         self, principal: Principal, space: Space, prefix: str

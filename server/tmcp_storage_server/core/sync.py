@@ -132,7 +132,9 @@ class SyncService:
         validate_client_id(client_id)
         check_sequence(mutations)
         chosen = self.strategy_for(space, strategy)
-        async with self._writer.session(space, self._clock.now()) as session:
+        # The rate limit counts mutations, duplicates included (known only under the lock).
+        cost = max(1, len(mutations))
+        async with self._writer.session(space, self._clock.now(), cost=cost) as session:
             client = await session.tx.sync_client(client_id)
             if client is not None and client.owner != principal.subject:
                 raise PermissionDenied(

@@ -19,7 +19,13 @@ from datetime import datetime
 from tmcp_storage_server.core import validate
 from tmcp_storage_server.core.commands import PutCommand
 from tmcp_storage_server.core.ports import Cache, ChangeFeed, Repository, SpaceTransaction
-from tmcp_storage_server.errors import AlreadyExists, QuotaExceeded, VersionMismatch
+from tmcp_storage_server.core.ratelimit import WriteRateLimiter
+from tmcp_storage_server.errors import (
+    AlreadyExists,
+    QuotaExceeded,
+    RateLimited,
+    VersionMismatch,
+)
 from tmcp_storage_server.model import (
     Change,
     ChangeOp,
@@ -152,7 +158,10 @@ class WriteSession:
         self._loaded: dict[str, Entry | None] = {}
         self._bytes_delta = self._keys_delta = 0
         self.saved: dict[str, Entry] = {}
-        """Every entry saved so far (swept or staged), the last one per key."""
+        """Every entry committed so far (swept or staged), the last one per key."""
+        self._unsaved_changes: list[Change] = []
+        self._unsaved_retained: list[Entry] = []
+        self._unsaved_keys: set[str] = set()
 
     @property
     def tx(self) -> SpaceTransaction:
@@ -181,24 +190,18 @@ class WriteSession:
         )
 
     async def sweep_expired(self) -> int:
-        """Turn due entries into tombstones under a revision of their own."""
+        """Turn due entries into tombstones under a revision of their own (saved with the
+        next commit)."""
         due = await self._tx.due_expired(self.now)
         if not due:
             return 0
         revision = self.revision + 1
         tombstones = [build_tombstone(e, now=self.now, revision=revision, bump=False) for e in due]
-        changes = [Change(revision, e.key, ChangeOp.EXPIRE, e.version) for e in due]
         self._used_bytes -= sum(e.size for e in due)
         self._used_keys -= len(due)
-        await self._tx.save(
-            revision=revision,
-            entries=tombstones,
-            changes=changes,
-            used_bytes=self._used_bytes,
-            used_keys=self._used_keys,
-        )
+        self._seal(tombstones, [Change(revision, e.key, ChangeOp.EXPIRE, e.version) for e in due])
         self.revision = revision
-        self.saved.update((t.key, t) for t in tombstones)
+        self._loaded.update((t.key, t) for t in tombstones)
         return len(due)
 
     async def load(self, keys: Sequence[str]) -> dict[str, Entry]:
@@ -220,6 +223,7 @@ class WriteSession:
 
     async def load_prefix(self, prefix: str) -> list[Entry]:
         """Live entries under ``prefix`` (values not loaded)."""
+        await self.flush()
         return await self._tx.load_prefix(prefix, self.now)
 
     def stage(
@@ -282,31 +286,58 @@ class WriteSession:
             raise error
         return used_bytes, used_keys
 
-    async def commit(self) -> None:
-        """Check quota against the net change and save the staged writes."""
-        if not self._staged:
+    async def commit(self, *, defer: bool = False) -> None:
+        """Check quota against the net change and commit the staged writes under the next
+        revision. They are saved now, or with ``defer`` together with later commits (one
+        statement for many revisions: see ``flush``)."""
+        if self._staged:
+            used_bytes, used_keys = self._check_quota()
+            self._seal(
+                [s.entry for s in self._staged.values()],
+                [s.change for s in self._staged.values()],
+                retained=[s.entry for s in self._staged.values() if retainable(s.entry)],
+            )
+            self.revision, self._used_bytes, self._used_keys = (
+                self.next_revision,
+                used_bytes,
+                used_keys,
+            )
+            self._loaded.update((k, s.entry) for k, s in self._staged.items())
+            self._staged.clear()
+            self._bytes_delta = self._keys_delta = 0
+        if not defer:
+            await self.flush()
+
+    def _seal(
+        self, entries: Sequence[Entry], changes: Sequence[Change], retained: Sequence[Entry] = ()
+    ) -> None:
+        self.saved.update((e.key, e) for e in entries)
+        self._unsaved_keys.update(e.key for e in entries)
+        self._unsaved_changes.extend(changes)
+        self._unsaved_retained.extend(retained)
+
+    async def flush(self) -> None:
+        """Save everything committed and not yet saved: the last entry of each key, every
+        change under its own revision, and the space row at the latest revision."""
+        if not self._unsaved_changes:
             return
-        used_bytes, used_keys = self._check_quota()
-        revision = self.next_revision
         await self._tx.save(
-            revision=revision,
-            entries=[s.entry for s in self._staged.values()],
-            changes=[s.change for s in self._staged.values()],
-            used_bytes=used_bytes,
-            used_keys=used_keys,
-            retained=[s.entry for s in self._staged.values() if retainable(s.entry)],
+            revision=self.revision,
+            entries=[self.saved[k] for k in self._unsaved_keys],
+            changes=self._unsaved_changes,
+            used_bytes=self._used_bytes,
+            used_keys=self._used_keys,
+            retained=self._unsaved_retained,
         )
-        self.revision, self._used_bytes, self._used_keys = revision, used_bytes, used_keys
-        self._loaded.update((k, s.entry) for k, s in self._staged.items())
-        self.saved.update((key, s.entry) for key, s in self._staged.items())
-        self._staged.clear()
-        self._bytes_delta = self._keys_delta = 0
+        self._unsaved_keys = set()
+        self._unsaved_changes = []
+        self._unsaved_retained = []
 
 
 class Writer:
     """Opens write sessions on a repository. After a commit, the cache (if any) learns
     every entry the session saved, and the change feed (if any) wakes the space's
-    watchers."""
+    watchers. The rate limiter (if any) admits each session before it takes the lock."""
 
     def __init__(
         self,
@@ -315,20 +346,37 @@ class Writer:
         defaults: QuotaLimits,
         cache: Cache | None = None,
         feed: ChangeFeed | None = None,
+        limiter: WriteRateLimiter | None = None,
     ) -> None:
         self._repository = repository
         self._defaults = defaults
         self._cache = cache
         self._feed = feed
+        self._limiter = limiter
         self.quota_rejections: Counter[str] = Counter()
         """Writes (or atomic batches) refused by quota, by reason (read by metrics)."""
+        self.rate_limited = 0
+        """Calls refused by the write rate limit (read by metrics)."""
+
+    def admit(self, space: Space, cost: int) -> None:
+        """Count ``cost`` writes against the space's rate: RateLimited when it is over."""
+        if self._limiter is not None and cost:
+            try:
+                self._limiter.charge(space, cost)
+            except RateLimited:
+                self.rate_limited += 1
+                raise
 
     @asynccontextmanager
     async def session(
-        self, space: Space, now: datetime, keys: Sequence[str] = ()
+        self, space: Space, now: datetime, keys: Sequence[str] = (), *, cost: int = 1
     ) -> AsyncIterator[WriteSession]:
         """A session whose staged writes commit when the block exits normally; ``keys``
-        (those the session will load) are read together with taking the lock."""
+        (those the session will load) are read together with taking the lock. ``cost`` is
+        what the call counts against the space's write rate (its write items; 0 for the
+        server's own sweeps and for batches that only read): RateLimited, before any
+        database work, when the space is over its rate."""
+        self.admit(space, cost)
         staged_all = False
         try:
             async with self._repository.transaction(space, keys) as tx:

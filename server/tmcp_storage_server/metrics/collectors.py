@@ -175,7 +175,8 @@ class PoolCollector(Collector):
 
 
 class CoreCollector(Collector):
-    """Open watchers, quota rejections by reason, pushed mutations by outcome."""
+    """Open watchers, quota rejections by reason, pushed mutations by outcome, calls
+    refused by the write rate limit."""
 
     def __init__(
         self,
@@ -183,10 +184,12 @@ class CoreCollector(Collector):
         watchers: Callable[[], int],
         quota_rejections: Counter[str],
         push_outcomes: Counter[PushResult],
+        rate_limited: Callable[[], int],
     ) -> None:
         self._watchers = watchers
         self._quota = quota_rejections
         self._outcomes = push_outcomes
+        self._rate_limited = rate_limited
 
     def collect(self) -> Iterator[Metric]:
         """Families read from the core's counters."""
@@ -211,6 +214,11 @@ class CoreCollector(Collector):
         for result in PushResult:
             outcomes.add_metric([result.name], self._outcomes.get(result, 0))
         yield outcomes
+        yield CounterMetricFamily(
+            "tmcp_storage_rate_limited_total",
+            "Write calls refused by the per-space write rate (STORAGE_WRITE_RATE).",
+            value=self._rate_limited(),
+        )
 
 
 def _keys(known: Iterable[str], seen: Counter[str]) -> list[str]:

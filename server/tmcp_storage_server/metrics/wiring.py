@@ -35,6 +35,7 @@ def collectors(
             watchers=lambda: feed.subscriber_count,
             quota_rejections=writer.quota_rejections,
             push_outcomes=sync.push_outcomes,
+            rate_limited=lambda: writer.rate_limited,
         ),
         ProcessCollector(registry=None),
     ]

@@ -7,10 +7,11 @@ travel together (libpq pipeline mode) and each read is one statement:
   in the same statement, hence the same snapshot, as the entries).
 - ``usage_detail``, ``app_usage``: their statements pipelined in one read-only
   repeatable-read transaction: one round trip, one snapshot.
-- a write transaction: sql.BEGIN + create-if-missing + lock the space row + next expiry in one
-  round trip; each ``load`` one; ``save`` is held back and sent with the next statement
-  or with sql.COMMIT. A Put or Delete is three round trips (four when it sweeps expired
-  entries).
+- a write transaction: BEGIN, lock the space row, and one statement reading the next
+  expiry with the entries of the keys the caller names: one round trip (a space's first
+  write also inserts its row: one more). Any further ``load`` is one; ``save`` is held
+  back and sent with the next statement or with COMMIT. A Put, Delete or Touch, or a
+  group of them (core/grouping.py), is two round trips and five statements.
 - a pooled connection idle for more than two seconds is checked first: one more.
 
 Connections run in autocommit; write transactions issue their own sql.BEGIN so that it can
@@ -415,11 +416,14 @@ class PostgresRepository(SyncReadsMixin):
             else:
                 await conn.execute(sql.BEGIN)
             locked = await conn.execute(sql.LOCK_SPACE, params)
-            expiry = await conn.execute(sql.NEXT_EXPIRY, params)
-            loaded = await conn.execute(sql.LOAD, params, binary=True) if params["keys"] else None
-        state, next_expiry = await locked.fetchone(), await expiry.fetchone()
-        assert next_expiry is not None, "an aggregate returns one row"
-        return state, next_expiry[0], await loaded.fetchall() if loaded else []
+            if params["keys"]:
+                loaded = await conn.execute(sql.EXPIRY_AND_LOAD, params, binary=True)
+            else:
+                loaded = await conn.execute(sql.NEXT_EXPIRY, params, binary=True)
+        state, rows = await locked.fetchone(), await loaded.fetchall()
+        assert rows, "an aggregate returns one row"
+        entries = [row[1:] for row in rows if len(row) > 1 and row[1] is not None]
+        return state, rows[0][0], entries
 
     async def space_state(self, space: Space) -> SpaceState:
         """The space's row; a zero state (with the app's overrides) when it is new."""

@@ -1,0 +1,129 @@
+"""Group commit of single-key writes (core/grouping.py) on the in-memory repository."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from tmcp_storage_server.core.commands import DeleteCommand, PutCommand
+from tmcp_storage_server.core.kv import KeyValueService
+from tmcp_storage_server.core.writes import Writer
+from tmcp_storage_server.errors import QuotaExceeded, Unavailable, VersionMismatch
+from tmcp_storage_server.model import ChangeOp, Principal, QuotaLimits, Scope, Space
+
+from tests.unit.fakes import FakeClock, FakeRepository
+
+SPACE = Space("app", "alice")
+ALICE = Principal("alice", "app", frozenset({Scope.READ, Scope.WRITE}))
+
+
+@pytest.fixture
+def repo() -> FakeRepository:
+    return FakeRepository()
+
+
+@pytest.fixture
+def kv(repo: FakeRepository) -> KeyValueService:
+    writer = Writer(repository=repo, defaults=QuotaLimits(1000, 5, 100))  # type: ignore[arg-type]
+    return KeyValueService(repository=repo, writer=writer, clock=FakeClock())  # type: ignore[arg-type]
+
+
+async def _queued(kv: KeyValueService, repo: FakeRepository, *calls: PutCommand) -> list[object]:
+    """Run one Put alone (held open), queue ``calls`` behind it, then release both groups."""
+    repo.hold = asyncio.Event()
+    first = asyncio.ensure_future(kv.put(ALICE, SPACE, PutCommand("first", b"1")))
+    await asyncio.sleep(0)  # the first write's group is open and waits on ``hold``
+    rest = [asyncio.ensure_future(kv.put(ALICE, SPACE, c)) for c in calls]
+    await asyncio.sleep(0)
+    repo.hold.set()
+    await first
+    return list(await asyncio.gather(*rest, return_exceptions=True))
+
+
+async def test_writes_that_queue_share_one_transaction_each_under_its_own_revision(
+    kv: KeyValueService, repo: FakeRepository
+) -> None:
+    results = await _queued(kv, repo, *(PutCommand(f"k{i}", b"v") for i in range(3)))
+    assert repo.transactions == 2  # the first alone, then the three together
+    assert [r.revision for r in results] == [2, 3, 4]  # type: ignore[attr-defined]
+    changes = repo.spaces[SPACE].changes
+    assert [(c.revision, c.key, c.op) for c in changes] == [
+        (1, "first", ChangeOp.PUT),
+        (2, "k0", ChangeOp.PUT),
+        (3, "k1", ChangeOp.PUT),
+        (4, "k2", ChangeOp.PUT),
+    ]
+    assert repo.spaces[SPACE].state.revision == 4
+
+
+async def test_writes_of_one_key_in_a_group_apply_in_arrival_order(
+    kv: KeyValueService, repo: FakeRepository
+) -> None:
+    results = await _queued(
+        kv,
+        repo,
+        PutCommand("k", b"a"),
+        PutCommand("k", b"bb", expected_version=1),
+        PutCommand("k", b"ccc", expected_version=1),  # sees version 2: fails alone
+    )
+    assert [r.entry.version for r in results[:2]] == [1, 2]  # type: ignore[attr-defined]
+    assert isinstance(results[2], VersionMismatch)
+    stored = repo.spaces[SPACE].entries["k"]
+    assert (stored.value, stored.version, stored.mod_revision) == (b"bb", 2, 3)
+    assert repo.spaces[SPACE].state.used_bytes == len(b"1") + len(b"bb")
+
+
+async def test_a_write_over_quota_fails_alone(kv: KeyValueService, repo: FakeRepository) -> None:
+    # 5 keys allowed: "first" plus four; the fifth and sixth new key are refused.
+    results = await _queued(kv, repo, *(PutCommand(f"k{i}", b"v") for i in range(6)))
+    assert [type(r).__name__ for r in results] == ["WriteResult"] * 4 + ["QuotaExceeded"] * 2
+    assert isinstance(results[4], QuotaExceeded)
+    assert repo.spaces[SPACE].state.used_keys == 5
+    assert sorted(repo.spaces[SPACE].entries) == ["first", "k0", "k1", "k2", "k3"]
+
+
+async def test_a_failed_commit_fails_every_write_of_the_group_and_stores_none(
+    kv: KeyValueService, repo: FakeRepository
+) -> None:
+    await kv.put(ALICE, SPACE, PutCommand("k", b"old"))
+    repo.fail_commit = Unavailable("database unreachable")
+    # Calls made in one turn of the loop land in one group.
+    outcomes = await asyncio.gather(
+        kv.put(ALICE, SPACE, PutCommand("k", b"new")),
+        kv.put(ALICE, SPACE, PutCommand("k", b"x", expected_version=7)),
+        kv.delete(ALICE, SPACE, DeleteCommand("other")),
+        return_exceptions=True,
+    )
+    assert repo.transactions == 2
+    # The version mismatch is that write's own answer; the others learn nothing was stored.
+    assert [type(o) for o in outcomes] == [Unavailable, VersionMismatch, Unavailable]
+    stored = repo.spaces[SPACE]
+    assert (stored.entries["k"].value, stored.entries["k"].version) == (b"old", 1)
+    assert stored.state.revision == 1
+
+
+async def test_a_caller_that_gave_up_before_its_group_started_is_skipped(
+    kv: KeyValueService, repo: FakeRepository
+) -> None:
+    repo.hold = asyncio.Event()
+    first = asyncio.ensure_future(kv.put(ALICE, SPACE, PutCommand("first", b"1")))
+    await asyncio.sleep(0)
+    abandoned = asyncio.ensure_future(kv.put(ALICE, SPACE, PutCommand("gone", b"x")))
+    kept = asyncio.ensure_future(kv.put(ALICE, SPACE, PutCommand("kept", b"y")))
+    await asyncio.sleep(0)
+    abandoned.cancel()
+    repo.hold.set()
+    await first
+    assert (await kept).revision == 2
+    assert "gone" not in repo.spaces[SPACE].entries
+    assert abandoned.cancelled()
+
+
+async def test_spaces_are_grouped_separately(kv: KeyValueService, repo: FakeRepository) -> None:
+    other = Space("app", "bob")
+    bob = Principal("bob", "app", frozenset({Scope.READ, Scope.WRITE}))
+    a, b = await asyncio.gather(
+        kv.put(ALICE, SPACE, PutCommand("k", b"a")), kv.put(bob, other, PutCommand("k", b"b"))
+    )
+    assert (a.revision, b.revision) == (1, 1)
+    assert repo.transactions == 2
