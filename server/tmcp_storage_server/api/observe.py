@@ -10,9 +10,9 @@ the call in ``RpcStats``, the numbers behind the grpc-ecosystem metrics
 Where the id comes back: a stream sends it in its initial metadata before anything
 else; a unary call in its trailing metadata, success or error. grpc.aio can only send a
 unary call's initial metadata in a batch of its own, which measured +175 us of server
-CPU per cached Get under h2load (bench/observe.py); trailing metadata rides in the status batch
-for free, and an error-only response (Trailers-Only) has no separate initial metadata
-on the wire anyway. ``api.errors.abort`` keeps it when it sets the error details.
+CPU per cached Get under h2load (bench/observe.py); trailing metadata rides in the
+status batch for free, and an error-only response (Trailers-Only) has no separate
+initial metadata on the wire anyway. ``api.errors.abort`` keeps it when it sets the error details.
 
 The hot path pays only for plain integer updates: no locks, no label lookups; the
 ``metrics`` package turns ``RpcStats`` into Prometheus families when scraped. A wrapped
