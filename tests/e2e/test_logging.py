@@ -12,15 +12,18 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 from tmcp.storage.v1 import kv_pb2, kv_pb2_grpc, sync_pb2, sync_pb2_grpc, types_pb2
 
 from tests.conftest import REDIS_URL
-from tests.e2e.harness import ServerProcess
+from tests.e2e import webclient
+from tests.e2e.harness import ServerProcess, token
 from tests.e2e.wire import bearer
 
 GENERATED = re.compile(r"[0-9a-f]{10}-[0-9a-f]+\Z")
+ORIGIN = "http://app.test"
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +31,12 @@ def logged(
     backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     """A server of its own logging JSON at DEBUG (so successful calls are logged too)."""
-    env = {"STORAGE_LOG_FORMAT": "json", "STORAGE_LOG_LEVEL": "DEBUG"}
+    env = {
+        "STORAGE_LOG_FORMAT": "json",
+        "STORAGE_LOG_LEVEL": "DEBUG",
+        "STORAGE_WEB_LISTEN": "127.0.0.1:0",
+        "STORAGE_WEB_ORIGINS": ORIGIN,
+    }
     if backend == "postgres":
         url = str(request.getfixturevalue("postgres_url"))
         env |= {"STORAGE_REDIS_URL": REDIS_URL, "STORAGE_REDIS_PREFIX": f"obs-{uuid.uuid4().hex}:"}
@@ -160,11 +168,30 @@ def test_streams_return_the_id_first(logged: ServerProcess, app_id: str) -> None
 
 
 def test_every_log_line_is_one_json_object(logged: ServerProcess) -> None:
-    printed = logged.log().splitlines()
+    # All but the lines `serve` prints on stdout ("tmcp-storage listening on ...").
+    printed = [line for line in logged.log().splitlines() if not line.startswith("tmcp-storage")]
     lines = _lines(logged)
-    assert len(lines) == len(printed) - 1  # all but the "listening on" line of stdout
+    assert len(lines) == len(printed) > 0
     for line in lines:
         assert {"ts", "level", "logger", "msg", "pid"} <= line.keys()
     assert any("serving on" in line["msg"] for line in lines)
     # grpc's own per-call DEBUG chatter stays out even at DEBUG.
     assert not any(line["logger"].startswith("grpc") for line in lines)
+
+
+async def test_grpc_web_callers_get_the_id_too(logged: ServerProcess, app_id: str) -> None:
+    sent = f"web-{uuid.uuid4().hex}"
+    body = webclient.request_body(kv_pb2.GetRequest(space=_space(app_id), key="absent"))
+    headers = {
+        "Origin": ORIGIN,
+        "authorization": f"Bearer {token(app_id, 'alice')}",
+        "x-request-id": sent,
+    }
+    async with aiohttp.ClientSession() as session:
+        reply = await webclient.call(
+            session, logged.web_url + "/tmcp.storage.v1.KeyValue/Get", body, headers=headers
+        )
+    assert reply.code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert reply.trailers["x-request-id"] == sent
+    assert "x-request-id" in reply.headers["Access-Control-Expose-Headers"]
+    assert _access(logged, sent)["code"] == "NOT_FOUND"
