@@ -1,8 +1,10 @@
-"""Command line: ``serve``, ``migrate``, ``token``.
+"""Command line: ``serve``, ``migrate``, ``token``, and the admin commands.
 
     python -m tmcp_storage_server serve [--listen HOST:PORT] [--database-url URL] [--workers N]
     python -m tmcp_storage_server migrate
     python -m tmcp_storage_server token --app A --user U [--scope S ...] [--ttl SECONDS]
+    python -m tmcp_storage_server inspect|set-quota|app-usage|purge|compact|export|import ...
+      (see admin/cli.py)
 
 Settings come from ``STORAGE_*`` environment variables (see config.py); flags win.
 """
@@ -18,6 +20,7 @@ import sys
 from dataclasses import replace
 
 from tmcp_storage_server import logs, workers
+from tmcp_storage_server.admin import cli as admin_cli
 from tmcp_storage_server.api.auth import mint_token
 from tmcp_storage_server.app import App, build_repository
 from tmcp_storage_server.config import Config, ConfigError
@@ -51,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
         help="repeatable; default storage:read and storage:write",
     )
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    admin_cli.add_commands(commands)
     return parser
 
 
@@ -109,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     config, secret_file = config.resolve_secret()
     if secret_file:
         log.info("JWT secret (HS256) is in %s; mint tokens with the 'token' command", secret_file)
+    if args.command in admin_cli.COMMANDS:
+        return admin_cli.run(args, config)
     try:
         if args.command == "token":
             scopes = args.scope or [Scope.READ.value, Scope.WRITE.value]

@@ -127,3 +127,34 @@ async def test_spaces_are_grouped_separately(kv: KeyValueService, repo: FakeRepo
     )
     assert (a.revision, b.revision) == (1, 1)
     assert repo.transactions == 2
+
+
+async def test_a_caller_that_gave_up_while_its_group_waited_for_the_lock_is_skipped(
+    kv: KeyValueService, repo: FakeRepository
+) -> None:
+    gate = asyncio.Event()
+    real = repo.transaction
+
+    def waiting_for_lock(space: Space, keys: object = ()) -> object:
+        async def enter() -> object:
+            await gate.wait()
+            return await context.__aenter__()
+
+        context = real(space, keys)  # type: ignore[arg-type]
+
+        class Locked:
+            async def __aenter__(self) -> object:
+                return await enter()
+
+            async def __aexit__(self, *exc: object) -> object:
+                return await context.__aexit__(*exc)  # type: ignore[arg-type]
+
+        return Locked()
+
+    repo.transaction = waiting_for_lock  # type: ignore[method-assign,assignment]
+    gave_up = asyncio.ensure_future(kv.put(ALICE, SPACE, PutCommand("k", b"late")))
+    await asyncio.sleep(0.01)  # its group is open and waits for the lock
+    gave_up.cancel()
+    gate.set()
+    assert (await kv.put(ALICE, SPACE, PutCommand("k", b"patient"))).entry.version == 1  # type: ignore[union-attr]
+    assert repo.spaces[SPACE].entries["k"].value == b"patient"

@@ -15,9 +15,10 @@ revision of its own, exactly as if the writes had run one after another:
 - results are only handed out after COMMIT, so no caller sees a write that could still be
   rolled back.
 
-A caller that gives up (cancelled, deadline) before its write is taken is skipped; once
-taken, the write completes without it, and the caller's outcome is unknown to it, as for
-any RPC that ends in DEADLINE_EXCEEDED.
+A caller that gives up (cancelled, deadline) before its write is applied is skipped, even
+when its group already waits for the space's lock or a connection: a write whose caller
+saw DEADLINE_EXCEEDED while it queued is never stored later. Once applied, it commits with
+its group (a caller giving up during COMMIT cannot know the outcome, as for any RPC).
 """
 
 from __future__ import annotations
@@ -94,6 +95,9 @@ class WriteGroups:
             now = self._clock.now()
             async with self._writer.session(space, now, keys, cost=0) as session:
                 for pending in group:
+                    if pending.done.done():  # gave up while the group waited (lock, pool)
+                        outcomes.append(asyncio.CancelledError())
+                        continue
                     try:
                         value = await pending.apply(session)
                         await session.commit(defer=True)

@@ -89,6 +89,10 @@ class LocalChangeFeed:
     async def stop(self) -> None:
         """Nothing runs in the background of a local feed."""
 
+    async def flush(self, seconds: float) -> bool:
+        """Whether every wake-up was delivered: at once, locally."""
+        return True
+
     @property
     def subscriber_count(self) -> int:
         """How many subscribers are registered (for metrics and tests)."""
@@ -120,6 +124,16 @@ class PostgresChangeFeed(LocalChangeFeed):
                 await task
         self._tasks = []
 
+    async def flush(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for the queued NOTIFYs to be sent (a short-lived
+        process, such as the command line, before it exits); whether they were."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._queue.join()
+        except TimeoutError:
+            return False
+        return True
+
     def notify(self, space: Space) -> None:
         """Wake local subscribers now; queue a NOTIFY for the other processes."""
         self.wake(space)
@@ -134,18 +148,20 @@ class PostgresChangeFeed(LocalChangeFeed):
     async def _publish(self) -> None:
         conn: psycopg.AsyncConnection[Any] | None = None
         while True:
-            payload = await self._queue.get()
-            batch = {payload}
-            while not self._queue.empty() and len(batch) < 100:
-                batch.add(self._queue.get_nowait())
+            taken = [await self._queue.get()]
+            while not self._queue.empty() and len(taken) < 100:
+                taken.append(self._queue.get_nowait())
             try:
                 if conn is None or conn.closed:
                     conn = await self._connect()
-                await conn.execute(_NOTIFY_ALL, (CHANNEL, list(batch)))
+                await conn.execute(_NOTIFY_ALL, (CHANNEL, list(dict.fromkeys(taken))))
             except psycopg.Error as exc:
                 log.warning("change feed: NOTIFY failed (%s); watchers fall back to polling", exc)
                 conn = None
                 await asyncio.sleep(_RECONNECT_DELAY)
+            finally:
+                for _ in taken:  # sent, or left to the watchers' polls: ``flush`` is done
+                    self._queue.task_done()
 
     async def _listen(self) -> None:
         while True:
