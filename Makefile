@@ -103,6 +103,7 @@ test-unit: $(VENV)/.installed
 bench: $(VENV)/.installed /usr/bin/h2load
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/sync.py
+	$(PY) bench/observe.py
 
 bench-quick: $(VENV)/.installed /usr/bin/h2load
 	$(PY) bench/run.py --quick

@@ -19,7 +19,7 @@ import signal
 import sys
 from dataclasses import replace
 
-from tmcp_storage_server import workers
+from tmcp_storage_server import logs, workers
 from tmcp_storage_server.admin import cli as admin_cli
 from tmcp_storage_server.api.auth import mint_token
 from tmcp_storage_server.app import App, build_repository
@@ -109,10 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level,
-        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(level=config.log_level, fmt=config.log_format)
     config, secret_file = config.resolve_secret()
     if secret_file:
         log.info("JWT secret (HS256) is in %s; mint tokens with the 'token' command", secret_file)
@@ -137,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
             return _serve_all(config)
     except StorageError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a port (gRPC or metrics) that cannot be bound
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
 

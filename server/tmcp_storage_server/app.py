@@ -15,10 +15,12 @@ from typing import Any, Protocol
 import grpc
 from grpc_health.v1 import health, health_pb2
 
+from tmcp_storage_server import workers
 from tmcp_storage_server.api.auth import TokenVerifier
 from tmcp_storage_server.api.batch import BatchServicer
 from tmcp_storage_server.api.gateway import Gateway, upstream_target
 from tmcp_storage_server.api.kv import KeyValueServicer
+from tmcp_storage_server.api.observe import CallObserver, RpcStats
 from tmcp_storage_server.api.quota import QuotaServicer
 from tmcp_storage_server.api.server import MAX_MESSAGE_BYTES, SERVICE_NAMES, build_server
 from tmcp_storage_server.api.sync import SyncServicer
@@ -36,6 +38,8 @@ from tmcp_storage_server.core.sync import SyncService
 from tmcp_storage_server.core.watch import WatchService, WatchSettings
 from tmcp_storage_server.core.writes import Writer
 from tmcp_storage_server.errors import StorageError
+from tmcp_storage_server.metrics import endpoint as metrics_endpoint
+from tmcp_storage_server.metrics.wiring import collectors
 from tmcp_storage_server.store.cache import CacheSettings, TwoLevelCache
 from tmcp_storage_server.store.change_feed import LocalChangeFeed
 from tmcp_storage_server.store.l1 import L1Cache
@@ -168,6 +172,7 @@ class App:
     _feed: LocalChangeFeed
     _watcher: WatchService
     cache: TwoLevelCache | None = None
+    metrics: metrics_endpoint.MetricsEndpoint | None = None
     gateway: Gateway | None = None
     """The gRPC-Web gateway, when ``web_listen`` is set."""
 
@@ -198,6 +203,13 @@ class App:
             ),
         )
         auth = TokenVerifier(secret=config.jwt_secret)
+        sync = SyncService(
+            repository=repository,
+            writer=writer,
+            clock=clock,
+            app_strategies=config.app_strategies,
+        )
+        rpc_stats = RpcStats()
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         server = build_server(
             kv=KeyValueServicer(
@@ -217,12 +229,7 @@ class App:
                 auth=auth,
             ),
             sync=SyncServicer(
-                service=SyncService(
-                    repository=repository,
-                    writer=writer,
-                    clock=clock,
-                    app_strategies=config.app_strategies,
-                ),
+                service=sync,
                 conflicts=ConflictService(repository=repository, writer=writer, clock=clock),
                 watcher=watcher,
                 auth=auth,
@@ -231,6 +238,7 @@ class App:
             options=server_options(
                 max_streams=config.max_streams, min_ping=config.keepalive_min_ping
             ),
+            interceptors=[CallObserver(stats=rpc_stats)],
         )
         credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
         if credentials is None:
@@ -241,9 +249,22 @@ class App:
             await feed.stop()
             await repository.close()
             raise OSError(f"cannot listen on {config.listen}")
+        try:
+            metrics, metrics_at = await metrics_endpoint.start(
+                metrics_endpoint.build_registry(
+                    collectors(rpc_stats, cache, repository, feed, writer, sync)
+                ),
+                listen=config.metrics_listen,
+                socket_path=workers.metrics_socket(),
+            )
+        except OSError as exc:
+            await feed.stop()
+            await repository.close()
+            raise OSError(f"cannot serve metrics on {config.metrics_listen}: {exc}") from exc
         await server.start()
         sweeper = Sweeper(repository=repository, writer=writer, clock=clock)
         app = cls(config, port, server, repository, health_servicer, [], feed, watcher, cache)
+        app.metrics = metrics
         await app._set_serving(True)
         app._tasks = [
             asyncio.create_task(app._watch_health(), name="health"),
@@ -266,6 +287,7 @@ class App:
             ("mutual TLS" if config.tls_client_ca else "TLS") if config.tls else "plaintext",
             "sqlite " + config.sqlite_path if config.embedded else "postgresql",
         )
+        log.info("metrics: %s", metrics_at())
         return app
 
     async def _set_serving(self, serving: bool) -> None:
@@ -351,6 +373,8 @@ class App:
             await asyncio.gather(self._server.stop(self.config.shutdown_grace), self.gateway.stop())
         else:
             await self._server.stop(self.config.shutdown_grace)
+        if self.metrics is not None:
+            await self.metrics.close()
         await self._feed.stop()
         await self._repository.close()
         if self.cache is not None:

@@ -79,6 +79,11 @@ class Config:
     """``STORAGE_DB_POOL_SIZE``: PostgreSQL connections per process."""
     log_level: str = "INFO"
     """``STORAGE_LOG_LEVEL``."""
+    metrics_listen: str = "127.0.0.1:9090"
+    """``STORAGE_METRICS_LISTEN``: host:port of the Prometheus ``/metrics`` endpoint (port
+    0 picks one); "" turns it off. With workers the supervisor serves it for all."""
+    log_format: str = "json"
+    """``STORAGE_LOG_FORMAT``: ``json`` (one object per line) or ``text`` (for humans)."""
     tls_cert: str = ""
     """``STORAGE_TLS_CERT``: PEM certificate (chain) of the gRPC port; with ``tls_key``, the
     port speaks TLS only."""
@@ -173,7 +178,10 @@ class Config:
             write_burst=_int(values, "STORAGE_WRITE_BURST", d.write_burst),
             web_listen=parse_web_listen(values.get("STORAGE_WEB_LISTEN", d.web_listen)),
             web_origins=parse_origins(values.get("STORAGE_WEB_ORIGINS", "")),
+            metrics_listen=values.get("STORAGE_METRICS_LISTEN", d.metrics_listen).strip(),
+            log_format=values.get("STORAGE_LOG_FORMAT", d.log_format).strip().lower(),
         )
+        _check_observability(config)
         tls_problem = tls_files.check(config.tls_cert, config.tls_key, config.tls_client_ca)
         if tls_problem is not None:
             raise ConfigError(tls_problem)
@@ -209,6 +217,14 @@ class Config:
 
 
 _DEFAULTS = Config()
+
+
+def _check_observability(config: Config) -> None:
+    listen = config.metrics_listen
+    if listen and (":" not in listen or not listen.rsplit(":", 1)[1].isdigit()):
+        raise ConfigError(f"STORAGE_METRICS_LISTEN must be host:port or empty, not {listen!r}")
+    if config.log_format not in ("json", "text"):
+        raise ConfigError(f"STORAGE_LOG_FORMAT must be json or text, not {config.log_format!r}")
 
 
 def _cores() -> int:

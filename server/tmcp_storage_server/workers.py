@@ -25,11 +25,15 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from tmcp_storage_server.config import Config
+from tmcp_storage_server.metrics.workers import WorkerMetrics
 
 log = logging.getLogger("tmcp_storage_server")
 
 READY_FD_ENV = "TMCP_STORAGE_READY_FD"
 """Set in a worker's environment: the pipe it writes to once it is serving."""
+METRICS_SOCKET_ENV = "TMCP_STORAGE_METRICS_SOCKET"
+"""Set in a worker's environment when metrics are on: the Unix socket where it serves
+them to the supervisor (see ``metrics.workers``)."""
 START_TIMEOUT = 60.0
 POLL = 0.1
 _PR_SET_PDEATHSIG = 1
@@ -58,6 +62,11 @@ def worker_ready() -> None:
         os.close(int(fd))
     except OSError:
         pass  # the supervisor stopped waiting (a restart): nothing to tell
+
+
+def metrics_socket() -> str | None:
+    """In a worker: where to serve metrics for the supervisor (None otherwise)."""
+    return os.environ.get(METRICS_SOCKET_ENV) or None
 
 
 def is_worker() -> bool:
@@ -92,6 +101,7 @@ class Supervisor:
     config: Config
     workers: list[_Worker] = field(default_factory=list)
     _stopping: bool = False
+    _metrics: WorkerMetrics | None = None
     _web_listen: str = ""
 
     def run(self) -> int:
@@ -105,6 +115,9 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         try:
+            if self.config.metrics_listen:
+                self._metrics = WorkerMetrics(self.config.metrics_listen, self.config.workers)
+                log.info("metrics: %s (every worker's)", self._metrics.start())
             self.workers = [self._spawn(slot, listen) for slot in range(self.config.workers)]
             if not self._wait_ready():
                 self._stop_all()
@@ -124,6 +137,8 @@ class Supervisor:
         finally:
             if holder is not None:
                 holder.close()
+            if self._metrics is not None:
+                self._metrics.close()
             if web_holder is not None:
                 web_holder.close()
 
@@ -142,6 +157,8 @@ class Supervisor:
             "STORAGE_WEB_LISTEN": self._web_listen,
             READY_FD_ENV: str(write_fd),
         }
+        if self._metrics is not None:
+            env[METRICS_SOCKET_ENV] = self._metrics.socket_for(slot)
         process = subprocess.Popen(
             [sys.executable, "-m", "tmcp_storage_server", "serve"],
             env=env,

@@ -51,6 +51,10 @@ class ServerProcess:
             "STORAGE_SWEEP_INTERVAL": "0.2",
             "STORAGE_SHUTDOWN_GRACE": "2",
             "STORAGE_WORKERS": "1",
+            # Many servers run at once: no metrics port unless a test asks for one; and
+            # the text log format, which tests read (test_logging reads the JSON one).
+            "STORAGE_METRICS_LISTEN": "",
+            "STORAGE_LOG_FORMAT": "text",
             **self.env,
         }
         log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - kept open for the process

@@ -131,4 +131,6 @@ async def abort(
         log.error("unexpected error in %s", where, exc_info=error)
         status = internal_status()
     rich = rpc_status.to_status(status)
-    await context.abort(rich.code, rich.details, rich.trailing_metadata)
+    # Keep what is already set to go with the status (the request id, api.observe).
+    trailing = (*(context.trailing_metadata() or ()), *rich.trailing_metadata)
+    await context.abort(rich.code, rich.details, trailing)

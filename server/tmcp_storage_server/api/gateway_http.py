@@ -27,7 +27,7 @@ from tmcp_storage_server.errors import InvalidArgument
 
 Metadata = list[tuple[str, str | bytes]]
 
-EXPOSED_HEADERS = ("grpc-status", "grpc-message", "grpc-status-details-bin")
+EXPOSED_HEADERS = ("grpc-status", "grpc-message", "grpc-status-details-bin", "x-request-id")
 PREFLIGHT_MAX_AGE = 600
 """Seconds a browser may cache a preflight answer."""
 

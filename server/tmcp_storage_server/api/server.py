@@ -45,15 +45,17 @@ def build_server(
     sync: SyncServicer,
     health_servicer: Any,
     options: Sequence[tuple[str, Any]] = (),
+    interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
 ) -> grpc.aio.Server:
     """A server with every service registered (not yet bound or started)."""
     server = grpc.aio.server(
+        interceptors=list(interceptors),
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 1),
             *options,
-        ]
+        ],
     )
     kv_pb2_grpc.add_KeyValueServicer_to_server(kv, server)
     batch_pb2_grpc.add_BatchServicer_to_server(batch, server)

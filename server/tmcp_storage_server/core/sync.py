@@ -12,6 +12,7 @@ the client's new last id are written in the same transaction. A permanent failur
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from tmcp_storage_server.core import validate
@@ -109,6 +110,8 @@ class SyncService:
         self._writer = writer
         self._clock = clock
         self._app_strategies = dict(app_strategies or {})
+        self.push_outcomes: Counter[PushResult] = Counter()
+        """Pushed mutations by outcome, counted once their push committed (metrics)."""
 
     def strategy_for(self, space: Space, requested: ConflictStrategy) -> ConflictStrategy:
         """The request's strategy, else the app's configured default, else LAST_WRITE_WINS."""
@@ -161,6 +164,7 @@ class SyncService:
                     client.last_pull_at if client is not None else None,
                 )
             )
+        self.push_outcomes.update(r.result for r in reports)
         return PushReport(reports, last, session.revision, session.usage)
 
     async def _duplicates(

@@ -10,6 +10,7 @@ transaction commits, the cache (if any) learns every entry the session saved.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -19,7 +20,12 @@ from tmcp_storage_server.core import validate
 from tmcp_storage_server.core.commands import PutCommand
 from tmcp_storage_server.core.ports import Cache, ChangeFeed, Repository, SpaceTransaction
 from tmcp_storage_server.core.ratelimit import WriteRateLimiter
-from tmcp_storage_server.errors import AlreadyExists, QuotaExceeded, VersionMismatch
+from tmcp_storage_server.errors import (
+    AlreadyExists,
+    QuotaExceeded,
+    RateLimited,
+    VersionMismatch,
+)
 from tmcp_storage_server.model import (
     Change,
     ChangeOp,
@@ -133,8 +139,16 @@ class _Staged:
 class WriteSession:
     """Stage writes on one locked space, then commit them under one revision."""
 
-    def __init__(self, tx: SpaceTransaction, *, now: datetime, limits: QuotaLimits) -> None:
+    def __init__(
+        self,
+        tx: SpaceTransaction,
+        *,
+        now: datetime,
+        limits: QuotaLimits,
+        rejections: Counter[str] | None = None,
+    ) -> None:
         self._tx = tx
+        self._rejections = rejections if rejections is not None else Counter()
         self.now = now
         self.limits = limits
         self.revision = tx.state.revision
@@ -262,10 +276,14 @@ class WriteSession:
         limit (a write that shrinks usage is allowed even above a lowered limit)."""
         bytes_delta, keys_delta = self._bytes_delta, self._keys_delta
         used_bytes, used_keys = self._used_bytes + bytes_delta, self._used_keys + keys_delta
+        error = None
         if bytes_delta > 0 and used_bytes > self.limits.limit_bytes:
-            raise QuotaExceeded(kind="bytes", usage=self.usage, requested=bytes_delta)
-        if keys_delta > 0 and used_keys > self.limits.limit_keys:
-            raise QuotaExceeded(kind="keys", usage=self.usage, requested=keys_delta)
+            error = QuotaExceeded(kind="bytes", usage=self.usage, requested=bytes_delta)
+        elif keys_delta > 0 and used_keys > self.limits.limit_keys:
+            error = QuotaExceeded(kind="keys", usage=self.usage, requested=keys_delta)
+        if error is not None:
+            self._rejections[error.reason] += 1
+            raise error
         return used_bytes, used_keys
 
     async def commit(self, *, defer: bool = False) -> None:
@@ -335,11 +353,19 @@ class Writer:
         self._cache = cache
         self._feed = feed
         self._limiter = limiter
+        self.quota_rejections: Counter[str] = Counter()
+        """Writes (or atomic batches) refused by quota, by reason (read by metrics)."""
+        self.rate_limited = 0
+        """Calls refused by the write rate limit (read by metrics)."""
 
     def admit(self, space: Space, cost: int) -> None:
         """Count ``cost`` writes against the space's rate: RateLimited when it is over."""
         if self._limiter is not None and cost:
-            self._limiter.charge(space, cost)
+            try:
+                self._limiter.charge(space, cost)
+            except RateLimited:
+                self.rate_limited += 1
+                raise
 
     @asynccontextmanager
     async def session(
@@ -355,7 +381,10 @@ class Writer:
         try:
             async with self._repository.transaction(space, keys) as tx:
                 session = WriteSession(
-                    tx, now=now, limits=effective_limits(self._defaults, tx.state)
+                    tx,
+                    now=now,
+                    limits=effective_limits(self._defaults, tx.state),
+                    rejections=self.quota_rejections,
                 )
                 start = session.revision
                 await session.sweep_expired()

@@ -306,6 +306,10 @@ class PostgresRepository(SyncReadsMixin):
         await self._pool.close()
         self._pool = self._new_pool()
 
+    def pool_stats(self) -> dict[str, int]:
+        """The pool's gauges and counters (psycopg_pool ``get_stats``), for metrics."""
+        return self._pool.get_stats()
+
     async def ping(self) -> None:
         """Raise ``Unavailable`` unless the database answers ``SELECT 1`` promptly."""
         with translate(*_TRANSIENT, TimeoutError):

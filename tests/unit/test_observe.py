@@ -1,0 +1,118 @@
+"""Request ids, log formats, the RPC collector and the metrics endpoint, in process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from tmcp_storage_server.api.observe import BUCKETS, RpcStats
+from tmcp_storage_server.config import Config, ConfigError
+from tmcp_storage_server.logs import REQUEST_ID, JsonFormatter, RequestIds, TextFormatter
+from tmcp_storage_server.metrics.collectors import RpcCollector
+from tmcp_storage_server.metrics.endpoint import build_registry, response
+
+
+def test_request_ids_are_unique_and_client_ids_validated() -> None:
+    ids = RequestIds()
+    fresh = {ids.new() for _ in range(1000)}
+    assert len(fresh) == 1000
+    assert RequestIds().new().split("-")[0] != ids.new().split("-")[0]  # per-process prefix
+    assert ids.accept("abc-123_x.y:z+/=") == "abc-123_x.y:z+/="
+    assert ids.accept("x" * 128) == "x" * 128
+    for bad in ("", "x" * 129, "a b", "a\nb", b"bytes", None):
+        assert ids.accept(bad) not in ("", "x" * 129, "a b", "a\nb")
+
+
+def _record(msg: str, **extra: object) -> logging.LogRecord:
+    record = logging.LogRecord("t.logger", logging.INFO, __file__, 1, msg, (), None)
+    record.__dict__.update(extra)
+    return record
+
+
+def test_json_lines_carry_the_request_id_and_access_fields() -> None:
+    formatter = JsonFormatter()
+    outside = json.loads(formatter.format(_record("hello %s")))
+    assert outside["msg"] == "hello %s" and "request_id" not in outside
+    assert outside["level"] == "INFO" and outside["logger"] == "t.logger"
+    token = REQUEST_ID.set("rid-1")
+    try:
+        line = formatter.format(_record("x", method="/a.B/C", code="OK", duration_ms=0.25))
+        text = TextFormatter().format(_record("plain"))
+    finally:
+        REQUEST_ID.reset(token)
+    parsed = json.loads(line)
+    assert parsed["request_id"] == "rid-1" and parsed["method"] == "/a.B/C"
+    assert parsed["code"] == "OK" and parsed["duration_ms"] == 0.25
+    assert "\n" not in line
+    assert text.endswith("INFO t.logger: plain request_id=rid-1")
+
+
+def test_json_lines_carry_exceptions_on_one_line() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord("t", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    line = JsonFormatter().format(record)
+    assert "\n" not in line and "ValueError: boom" in json.loads(line)["exc"]
+
+
+def test_observability_settings() -> None:
+    default = Config.from_env({})
+    assert default.metrics_listen == "127.0.0.1:9090" and default.log_format == "json"
+    custom = Config.from_env({"STORAGE_METRICS_LISTEN": "", "STORAGE_LOG_FORMAT": "TEXT"})
+    assert custom.metrics_listen == "" and custom.log_format == "text"
+    with pytest.raises(ConfigError, match="STORAGE_METRICS_LISTEN"):
+        Config.from_env({"STORAGE_METRICS_LISTEN": "9090"})
+    with pytest.raises(ConfigError, match="STORAGE_LOG_FORMAT"):
+        Config.from_env({"STORAGE_LOG_FORMAT": "yaml"})
+
+
+def test_rpc_collector_builds_cumulative_histograms() -> None:
+    stats = RpcStats()
+    get = stats.method("/tmcp.storage.v1.KeyValue/Get", "unary")
+    for elapsed, code in ((0.0001, "OK"), (0.003, "OK"), (0.003, "NOT_FOUND"), (99.0, "OK")):
+        get.started += 1
+        get.finish(code, elapsed)
+    watch = stats.method("/tmcp.storage.v1.Sync/Watch", "server_stream")
+    watch.started, watch.sent = 1, 7
+    text = generate_latest(build_registry([RpcCollector(stats)])).decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    labels = (
+        ("grpc_method", "Get"),
+        ("grpc_service", "tmcp.storage.v1.KeyValue"),
+        ("grpc_type", "unary"),
+    )
+    assert samples[("grpc_server_started_total", labels)] == 4
+    assert samples[("grpc_server_handled_total", tuple(sorted((*labels, ("grpc_code", "OK")))))]
+    bucket = "grpc_server_handling_seconds_bucket"
+    assert samples[(bucket, tuple(sorted((*labels, ("le", "0.0005")))))] == 1
+    assert samples[(bucket, tuple(sorted((*labels, ("le", "0.005")))))] == 3
+    assert samples[(bucket, tuple(sorted((*labels, ("le", str(BUCKETS[-1]))))))] == 3
+    assert samples[(bucket, tuple(sorted((*labels, ("le", "+Inf")))))] == 4
+    assert samples[("grpc_server_msg_received_total", labels)] == 4
+    assert samples[("grpc_server_msg_sent_total", labels)] == 3
+    watch_labels = (
+        ("grpc_method", "Watch"),
+        ("grpc_service", "tmcp.storage.v1.Sync"),
+        ("grpc_type", "server_stream"),
+    )
+    assert samples[("grpc_server_msg_sent_total", watch_labels)] == 7
+    assert samples[("grpc_server_msg_received_total", watch_labels)] == 1
+
+
+def test_endpoint_answers_only_get_metrics() -> None:
+    registry = build_registry([RpcCollector(RpcStats())])
+    assert response(registry, b"GET /metrics HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.0 200 OK")
+    assert response(registry, b"GET /metrics?x=1 HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.0 200")
+    assert response(registry, b"GET / HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.0 404")
+    assert response(registry, b"POST /metrics HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.0 405")
+    head = response(registry, b"HEAD /metrics HTTP/1.1\r\n\r\n")
+    assert head.endswith(b"\r\n\r\n") and b"Content-Length: 0" in head
