@@ -10,7 +10,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2
@@ -18,7 +18,6 @@ from grpc_health.v1 import health, health_pb2
 from tmcp_storage_server import workers
 from tmcp_storage_server.api.auth import TokenVerifier
 from tmcp_storage_server.api.batch import BatchServicer
-from tmcp_storage_server.api.gateway import Gateway, upstream_target
 from tmcp_storage_server.api.kv import KeyValueServicer
 from tmcp_storage_server.api.observe import CallObserver, RpcStats
 from tmcp_storage_server.api.quota import QuotaServicer
@@ -43,6 +42,9 @@ from tmcp_storage_server.metrics.wiring import collectors
 from tmcp_storage_server.store.cache import CacheSettings, TwoLevelCache
 from tmcp_storage_server.store.change_feed import LocalChangeFeed
 from tmcp_storage_server.store.l1 import L1Cache
+
+if TYPE_CHECKING:  # aiohttp (about 20 MiB) is imported only by a process serving gRPC-Web
+    from tmcp_storage_server.api.gateway import Gateway
 
 log = logging.getLogger("tmcp_storage_server")
 
@@ -144,6 +146,8 @@ async def build_feed(config: Config) -> LocalChangeFeed:
 async def start_gateway(config: Config, grpc_port: int) -> Gateway:
     """The gRPC-Web gateway on ``config.web_listen``, forwarding to this process's gRPC
     port over loopback in plaintext (config refuses it together with TLS)."""
+    from tmcp_storage_server.api.gateway import Gateway, upstream_target
+
     gateway = Gateway(
         listen=config.web_listen,
         upstream=upstream_target(config.listen, grpc_port),
