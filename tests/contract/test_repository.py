@@ -773,3 +773,16 @@ async def test_postgres_concurrent_opens_of_a_fresh_database_migrate_once(
             assert await backend.migrations() == [v for v, _, _ in scripts("postgres")]
         finally:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_postgres_warns_when_autovacuum_is_off(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        setting = (await (await conn.execute("SHOW autovacuum")).fetchone() or ("",))[0]
+    repo = PostgresRepository(url=postgres_url)
+    with caplog.at_level("WARNING", logger="tmcp_storage_server.store.postgres"):
+        await repo.open()
+        await repo.close()
+    warned = any("autovacuum off" in r.getMessage() for r in caplog.records)
+    assert warned == (setting != "on")

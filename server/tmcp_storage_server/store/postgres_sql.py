@@ -21,6 +21,7 @@ BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 COMMIT = "COMMIT"
 ROLLBACK = "ROLLBACK"
 PING = "SELECT 1"
+AUTOVACUUM = "SELECT current_setting('autovacuum')"
 _WITH_REVISION = """SELECT r.revision, e.* FROM
   (SELECT COALESCE(MAX(revision), 0) AS revision FROM spaces WHERE {space}) AS r
   LEFT JOIN ({entries}) AS e ON true"""
