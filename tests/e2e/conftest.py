@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,34 @@ def database_url(
     if backend == "postgres":
         return str(request.getfixturevalue("postgres_url"))
     return "sqlite:///" + str(tmp_path_factory.mktemp("sqlite") / "storage.db")
+
+
+@contextmanager
+def own_server(
+    backend: str,
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    env: dict[str, str],
+    *,
+    redis: bool = True,
+) -> Iterator[ServerProcess]:
+    """A server of a test module's own, with ``env``, on the backend under test: the
+    session's PostgreSQL database (and, with ``redis``, the shared Redis under a fresh
+    prefix), or an SQLite file of its own."""
+    if backend == "postgres":
+        url = str(request.getfixturevalue("postgres_url"))
+        if redis:
+            env = env | {
+                "STORAGE_REDIS_URL": REDIS_URL,
+                "STORAGE_REDIS_PREFIX": f"own-{uuid.uuid4().hex}:",
+            }
+    else:
+        url = "sqlite:///" + str(tmp_path_factory.mktemp("own") / "storage.db")
+    process = ServerProcess(url, env=env).start()
+    try:
+        yield process
+    finally:
+        process.stop()
 
 
 @pytest.fixture(scope="session")

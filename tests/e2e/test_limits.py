@@ -30,6 +30,7 @@ from tmcp_storage import (
     Space,
 )
 
+from tests.e2e.conftest import own_server
 from tests.e2e.harness import ServerProcess, token
 from tests.e2e.wire import bearer
 
@@ -42,14 +43,9 @@ def limited(
 ) -> Iterator[ServerProcess]:
     """A server with a write rate limit, on the backend under test (its own database
     file with SQLite; the session's database with PostgreSQL, under fresh app ids)."""
-    if backend == "postgres":
-        url = str(request.getfixturevalue("postgres_url"))
-    else:
-        url = "sqlite:///" + str(tmp_path_factory.mktemp("limited") / "storage.db")
     env = {"STORAGE_WRITE_RATE": str(RATE), "STORAGE_WRITE_BURST": str(BURST)}
-    process = ServerProcess(url, env=env).start()
-    yield process
-    process.stop()
+    with own_server(backend, request, tmp_path_factory, env, redis=False) as process:
+        yield process
 
 
 @pytest.fixture

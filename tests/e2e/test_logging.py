@@ -17,8 +17,8 @@ import grpc
 import pytest
 from tmcp.storage.v1 import kv_pb2, kv_pb2_grpc, sync_pb2, sync_pb2_grpc, types_pb2
 
-from tests.conftest import REDIS_URL
 from tests.e2e import webclient
+from tests.e2e.conftest import own_server
 from tests.e2e.harness import ServerProcess, token
 from tests.e2e.wire import bearer
 
@@ -37,16 +37,8 @@ def logged(
         "STORAGE_WEB_LISTEN": "127.0.0.1:0",
         "STORAGE_WEB_ORIGINS": ORIGIN,
     }
-    if backend == "postgres":
-        url = str(request.getfixturevalue("postgres_url"))
-        env |= {"STORAGE_REDIS_URL": REDIS_URL, "STORAGE_REDIS_PREFIX": f"obs-{uuid.uuid4().hex}:"}
-    else:
-        url = "sqlite:///" + str(tmp_path_factory.mktemp("logging") / "storage.db")
-    process = ServerProcess(url, env=env).start()
-    try:
+    with own_server(backend, request, tmp_path_factory, env) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import pytest
 from tmcp.storage.v1 import sync_pb2, sync_pb2_grpc, types_pb2
 from tmcp_storage import Client, Mutation, NotFound, QuotaExceeded, RateLimited, Space
 
-from tests.conftest import REDIS_URL
+from tests.e2e.conftest import own_server
 from tests.e2e.harness import ServerProcess, token
 from tests.e2e.metrics_scrape import metrics_url, scrape, wait_for
 from tests.e2e.wire import bearer
@@ -35,16 +35,8 @@ def metered(
 ) -> Iterator[ServerProcess]:
     """A server of its own with metrics on a free port (and a small key quota)."""
     env = {"STORAGE_METRICS_LISTEN": "127.0.0.1:0", "STORAGE_LIMIT_KEYS": str(KEY_LIMIT)}
-    if backend == "postgres":
-        url = str(request.getfixturevalue("postgres_url"))
-        env |= {"STORAGE_REDIS_URL": REDIS_URL, "STORAGE_REDIS_PREFIX": f"obs-{uuid.uuid4().hex}:"}
-    else:
-        url = "sqlite:///" + str(tmp_path_factory.mktemp("metrics") / "storage.db")
-    process = ServerProcess(url, env=env).start()
-    try:
+    with own_server(backend, request, tmp_path_factory, env) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture

@@ -185,17 +185,9 @@ class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self, path: str, stats: MethodStats, behavior: Callable[[Any, _Context], Awaitable[Any]]
     ) -> Callable[[Any, _Context], Awaitable[Any]]:
         async def observed(request: Any, context: _Context) -> Any:
-            started = perf_counter()
-            stats.started += 1
-            error: BaseException | None = None
-            try:
+            with _Observed(path, stats, context):
                 context.set_trailing_metadata(_id_header())
                 return await behavior(request, context)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                _finish(path, stats, _code(context, error), perf_counter() - started)
 
         return observed
 
@@ -203,19 +195,11 @@ class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self, path: str, stats: MethodStats, behavior: Callable[[Any, _Context], Awaitable[Any]]
     ) -> Callable[[Any, _Context], Awaitable[Any]]:
         async def observed(requests: AsyncIterator[Any], context: _Context) -> Any:
-            started = perf_counter()
-            stats.started += 1
-            error: BaseException | None = None
-            try:
+            with _Observed(path, stats, context):
                 context.set_trailing_metadata(_id_header())
                 response = await behavior(_counted(requests, stats), context)
                 stats.sent += 1
                 return response
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                _finish(path, stats, _code(context, error), perf_counter() - started)
 
         return observed
 
@@ -227,40 +211,43 @@ class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if inspect.isasyncgenfunction(behavior):
 
             async def generated(request: Any, context: _Context) -> AsyncIterator[Any]:
-                started = perf_counter()
-                stats.started += 1
-                error: BaseException | None = None
-                if streaming_requests:
-                    request = _counted(request, stats)
-                try:
+                with _Observed(path, stats, context):
+                    if streaming_requests:
+                        request = _counted(request, stats)
                     await context.send_initial_metadata(_id_header())
                     async for response in behavior(request, context):
                         yield response
                         stats.sent += 1
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    _finish(path, stats, _code(context, error), perf_counter() - started)
 
             return generated
 
         async def written(request: Any, context: _Context) -> None:
-            started = perf_counter()
-            stats.started += 1
-            error: BaseException | None = None
-            if streaming_requests:
-                request = _counted(request, stats)
-            try:
+            with _Observed(path, stats, context):
+                if streaming_requests:
+                    request = _counted(request, stats)
                 await context.send_initial_metadata(_id_header())
                 await behavior(request, _CountingContext(context, stats))
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                _finish(path, stats, _code(context, error), perf_counter() - started)
 
         return written
+
+
+class _Observed:
+    """One call, from start to end: counts it started, then times it and records the
+    code it ended with (whatever ended it, cancellation included)."""
+
+    __slots__ = ("_context", "_path", "_started", "_stats")
+
+    def __init__(self, path: str, stats: MethodStats, context: _Context) -> None:
+        self._path, self._stats, self._context = path, stats, context
+        self._started = perf_counter()
+        stats.started += 1
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, error: BaseException | None, trace: object) -> None:
+        elapsed = perf_counter() - self._started
+        _finish(self._path, self._stats, _code(self._context, error), elapsed)
 
 
 def _id_header() -> tuple[tuple[str, str]]:

@@ -109,8 +109,10 @@ class WriteGroups:
                     else:
                         outcomes.append(Committed(value, session.revision, session.usage))
         except BaseException as exc:  # the transaction is gone: nothing of it was stored
-            for pending, outcome in zip(group, outcomes + [exc] * len(group), strict=False):
-                _settle(pending.done, outcome if isinstance(outcome, StorageError) else exc)
+            # A write's own error stands; every other write learns it was not stored.
+            for index, pending in enumerate(group):
+                own = outcomes[index] if index < len(outcomes) else None
+                _settle(pending.done, own if isinstance(own, StorageError) else exc)
             if not isinstance(exc, Exception):
                 raise
             return
