@@ -176,6 +176,47 @@ async def test_get_hides_a_tombstone_which_load_still_returns(
     assert (tomb.create_revision, tomb.mod_revision) == (1, 2)
 
 
+async def test_one_transaction_over_several_spaces_commits_all_or_none(
+    repository: Repository, space: Space
+) -> None:
+    other = Space(space.app_id, space.user_id + "-other")
+    await store(repository, space, 1, make_entry("k", b"old", 1))
+
+    async def save_each(spaces: Any, value: bytes) -> None:
+        for tx in spaces.values():
+            current = (await tx.load(["k"])).get("k")
+            revision = tx.state.revision + 1
+            version = current.version + 1 if current is not None else 1
+            entry = make_entry("k", value, revision, version=version)
+            await tx.save(
+                revision=revision,
+                entries=[entry],
+                changes=[Change(revision, "k", ChangeOp.PUT, version)],
+                used_bytes=entry.size,
+                used_keys=1,
+            )
+
+    async def saved_then_failed() -> None:
+        async with repository.transactions({space: ["k"], other: ["k"]}) as spaces:
+            await save_each(spaces, b"lost")
+            raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        await saved_then_failed()
+    assert await repository.get(space, "k", T0) == (make_entry("k", b"old", 1), 1)
+    assert await repository.get(other, "k", T0) == (None, 0)
+
+    async with repository.transactions({other: ["k"], space: ["k"]}) as spaces:
+        assert {s: tx.state.revision for s, tx in spaces.items()} == {space: 1, other: 0}
+        assert (await spaces[space].load(["k"]))["k"].value == b"old"  # read with the locks
+        await save_each(spaces, b"new")
+    for target, revision, version in ((space, 2, 2), (other, 1, 1)):
+        entry, at = await repository.get(target, "k", T0)
+        assert entry is not None and (entry.value, entry.version, at) == (b"new", version, revision)
+        state = await repository.space_state(target)
+        assert (state.revision, state.used_bytes, state.used_keys) == (revision, 3, 1)
+
+
 # ---- list --------------------------------------------------------------------------
 
 # fmt: off

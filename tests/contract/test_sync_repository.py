@@ -4,7 +4,7 @@ push rules that need a real transaction (a transient failure advances nothing)."
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
@@ -180,11 +180,11 @@ class _FailingRepository:
         return getattr(self._inner, name)
 
     @asynccontextmanager
-    async def transaction(
-        self, space: Space, keys: Sequence[str] = ()
-    ) -> AsyncIterator[SpaceTransaction]:
-        async with self._inner.transaction(space, keys) as tx:
-            yield _FailingTransaction(tx)
+    async def transactions(
+        self, requests: Mapping[Space, Sequence[str]]
+    ) -> AsyncIterator[dict[Space, SpaceTransaction]]:
+        async with self._inner.transactions(requests) as spaces:
+            yield {space: _FailingTransaction(tx) for space, tx in spaces.items()}
 
 
 class _FailingTransaction:

@@ -63,3 +63,37 @@ def test_concurrent_compare_and_set_increments_lose_nothing(
     final = clients[0].get("counter", strong=True)
     assert final.value == successes == WRITERS * per_writer
     assert final.version == successes + 1
+
+
+def test_concurrent_writes_to_many_spaces_each_keep_their_own_revisions(
+    connect: ClientFactory, app_id: str
+) -> None:
+    # Writes that arrive together share transactions across spaces (core/grouping.py):
+    # each space still counts its own revisions, one per write, with none lost.
+    users, per_writer = [f"u{i}" for i in range(6)], 10
+    clients = [connect(app_id, user) for user in users for _ in range(2)]
+
+    def write(writer: int) -> list[tuple[str, int, int]]:
+        client, seen = clients[writer], []
+        for i in range(per_writer):
+            key = f"w{writer % 2}/{i % 3}"  # rewrites: versions climb per key
+            result = client.put(key, b"x" * (i + 1))
+            seen.append((key, result.revision, result.entry.version))
+        return seen
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        results = list(pool.map(write, range(len(clients))))
+    for index in range(len(users)):
+        mine = results[2 * index] + results[2 * index + 1]
+        assert sorted(r for _, r, _ in mine) == list(range(1, 2 * per_writer + 1))
+        for key in {k for k, _, _ in mine}:
+            versions = [v for k, r, v in sorted(mine, key=lambda m: m[1]) if k == key]
+            assert versions == list(range(1, len(versions) + 1))
+        reader = clients[2 * index]
+        entries = list(reader.list())
+        quota = reader.quota()
+        assert len(entries) == quota.used_keys == 6
+        assert quota.used_bytes == sum(e.size for e in entries)
+        for entry in entries:  # each key holds its last write
+            last = max((m for m in mine if m[0] == entry.key), key=lambda m: m[1])
+            assert (entry.mod_revision, entry.version) == (last[1], last[2])

@@ -22,6 +22,7 @@ class Session:
     def __init__(self, target: str, app_id: str, user: str, *scopes: str) -> None:
         self._channel = grpc.insecure_channel(target)
         self._requests: queue.Queue[sync_pb2.StreamRequest | None] = queue.Queue()
+        self._early: list[sync_pb2.StreamResponse] = []
         stub = sync_pb2_grpc.SyncStub(self._channel)
         self.responses: Iterator[sync_pb2.StreamResponse] = iter(
             stub.Stream(self._iterate(), metadata=bearer(app_id, user, *scopes))
@@ -35,7 +36,11 @@ class Session:
         self._requests.put(request)
 
     def next(self, kind: str, timeout: float = 10.0) -> sync_pb2.StreamResponse:
-        """The next response of ``kind``, skipping heartbeats."""
+        """The next response of ``kind``, skipping heartbeats. Responses of other kinds
+        are kept for later calls: a push's echoes may come before its result."""
+        for index, response in enumerate(self._early):
+            if response.WhichOneof("kind") == kind:
+                return self._early.pop(index)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             response = next(self.responses)
@@ -43,6 +48,7 @@ class Session:
                 continue
             if response.WhichOneof("kind") == kind:
                 return response
+            self._early.append(response)
         raise AssertionError(f"no {kind} response")
 
     def close(self) -> None:

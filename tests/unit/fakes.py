@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -20,6 +20,7 @@ from tmcp_storage_server.model import (
     SpaceState,
     UsageDetail,
 )
+from tmcp_storage_server.store.one_space import OneSpaceMixin
 
 
 class FakeClock:
@@ -87,12 +88,12 @@ class _Transaction:
         )
 
 
-class FakeRepository:
+class FakeRepository(OneSpaceMixin[_Transaction]):
     """Just enough of ``Repository`` for the write path; rollback by copy."""
 
     def __init__(self) -> None:
         self.spaces: dict[Space, _Space] = {}
-        self.transactions = 0
+        self.opened = 0
         """Transactions opened so far."""
         self.hold: asyncio.Event | None = None
         """If set, a transaction waits for it before committing (writers queue meanwhile)."""
@@ -100,19 +101,21 @@ class FakeRepository:
         """If set, the next commit raises it instead (and rolls back)."""
 
     @asynccontextmanager
-    async def transaction(
-        self, space: Space, keys: Sequence[str] = ()
-    ) -> AsyncIterator[_Transaction]:
-        self.transactions += 1
-        current = self.spaces.setdefault(space, _Space())
-        scratch = _Space(current.state, dict(current.entries), list(current.changes))
-        yield _Transaction(scratch)
+    async def transactions(
+        self, requests: Mapping[Space, Sequence[str]]
+    ) -> AsyncIterator[dict[Space, _Transaction]]:
+        self.opened += 1
+        scratch = {}
+        for space in requests:
+            current = self.spaces.setdefault(space, _Space())
+            scratch[space] = _Space(current.state, dict(current.entries), list(current.changes))
+        yield {space: _Transaction(data) for space, data in scratch.items()}
         if self.hold is not None:
             await self.hold.wait()
         if self.fail_commit is not None:
             failure, self.fail_commit = self.fail_commit, None
             raise failure
-        self.spaces[space] = scratch  # commit only on normal exit
+        self.spaces.update(scratch)  # commit only on normal exit
 
     async def get(self, space: Space, key: str, now: datetime) -> tuple[Entry | None, int]:
         data = self.spaces.get(space, _Space())

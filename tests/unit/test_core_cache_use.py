@@ -3,7 +3,7 @@ rolled-back writes never."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
@@ -57,9 +57,9 @@ class CommitLostRepository(FakeRepository):
     fail = False
 
     @asynccontextmanager
-    async def transaction(self, space: Space, keys: Sequence[str] = ()) -> AsyncIterator[Any]:
-        async with super().transaction(space, keys) as tx:
-            yield tx
+    async def transactions(self, requests: Mapping[Space, Sequence[str]]) -> AsyncIterator[Any]:
+        async with super().transactions(requests) as spaces:
+            yield spaces
         if self.fail:
             raise Unavailable()
 

@@ -44,7 +44,7 @@ async def test_writes_that_queue_share_one_transaction_each_under_its_own_revisi
     kv: KeyValueService, repo: FakeRepository
 ) -> None:
     results = await _queued(kv, repo, *(PutCommand(f"k{i}", b"v") for i in range(3)))
-    assert repo.transactions == 2  # the first alone, then the three together
+    assert repo.opened == 2  # the first alone, then the three together
     assert [r.revision for r in results] == [2, 3, 4]  # type: ignore[attr-defined]
     changes = repo.spaces[SPACE].changes
     assert [(c.revision, c.key, c.op) for c in changes] == [
@@ -94,7 +94,7 @@ async def test_a_failed_commit_fails_every_write_of_the_group_and_stores_none(
         kv.delete(ALICE, SPACE, DeleteCommand("other")),
         return_exceptions=True,
     )
-    assert repo.transactions == 2
+    assert repo.opened == 2
     # The version mismatch is that write's own answer; the others learn nothing was stored.
     assert [type(o) for o in outcomes] == [Unavailable, VersionMismatch, Unavailable]
     stored = repo.spaces[SPACE]
@@ -119,28 +119,52 @@ async def test_a_caller_that_gave_up_before_its_group_started_is_skipped(
     assert abandoned.cancelled()
 
 
-async def test_spaces_are_grouped_separately(kv: KeyValueService, repo: FakeRepository) -> None:
+async def test_writes_of_several_spaces_share_one_transaction(
+    kv: KeyValueService, repo: FakeRepository
+) -> None:
     other = Space("app", "bob")
     bob = Principal("bob", "app", frozenset({Scope.READ, Scope.WRITE}))
-    a, b = await asyncio.gather(
-        kv.put(ALICE, SPACE, PutCommand("k", b"a")), kv.put(bob, other, PutCommand("k", b"b"))
+    a, b, a2 = await asyncio.gather(
+        kv.put(ALICE, SPACE, PutCommand("k", b"a")),
+        kv.put(bob, other, PutCommand("k", b"b")),
+        kv.put(ALICE, SPACE, PutCommand("k2", b"c")),
     )
-    assert (a.revision, b.revision) == (1, 1)
-    assert repo.transactions == 2
+    assert (a.revision, b.revision, a2.revision) == (1, 1, 2)  # each space its own
+    assert repo.opened == 1
+    assert repo.spaces[other].entries["k"].value == b"b"
+    assert repo.spaces[SPACE].state.revision == 2
+
+
+async def test_a_space_held_up_delays_its_own_writes_not_other_spaces(
+    kv: KeyValueService, repo: FakeRepository
+) -> None:
+    other = Space("app", "bob")
+    bob = Principal("bob", "app", frozenset({Scope.READ, Scope.WRITE}))
+    repo.hold = hold = asyncio.Event()
+    first = asyncio.ensure_future(kv.put(ALICE, SPACE, PutCommand("k", b"1")))
+    await asyncio.sleep(0.01)  # alice's transaction is open and cannot commit
+    repo.hold = None  # later transactions commit at once
+    queued = asyncio.ensure_future(kv.put(ALICE, SPACE, PutCommand("k", b"2")))
+    done = await asyncio.wait_for(kv.put(bob, other, PutCommand("k", b"b")), 1)
+    assert done.revision == 1  # bob's write went by in a transaction of its own
+    assert not first.done() and not queued.done()  # alice's second waits for her first
+    hold.set()
+    assert ((await first).revision, (await queued).revision) == (1, 2)
+    assert repo.spaces[SPACE].entries["k"].value == b"2"
 
 
 async def test_a_caller_that_gave_up_while_its_group_waited_for_the_lock_is_skipped(
     kv: KeyValueService, repo: FakeRepository
 ) -> None:
     gate = asyncio.Event()
-    real = repo.transaction
+    real = repo.transactions
 
-    def waiting_for_lock(space: Space, keys: object = ()) -> object:
+    def waiting_for_lock(requests: object) -> object:
         async def enter() -> object:
             await gate.wait()
             return await context.__aenter__()
 
-        context = real(space, keys)  # type: ignore[arg-type]
+        context = real(requests)  # type: ignore[arg-type]
 
         class Locked:
             async def __aenter__(self) -> object:
@@ -151,7 +175,7 @@ async def test_a_caller_that_gave_up_while_its_group_waited_for_the_lock_is_skip
 
         return Locked()
 
-    repo.transaction = waiting_for_lock  # type: ignore[method-assign,assignment]
+    repo.transactions = waiting_for_lock  # type: ignore[method-assign,assignment]
     gave_up = asyncio.ensure_future(kv.put(ALICE, SPACE, PutCommand("k", b"late")))
     await asyncio.sleep(0.01)  # its group is open and waits for the lock
     gave_up.cancel()

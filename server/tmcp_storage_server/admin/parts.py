@@ -2,8 +2,9 @@
 
 A command that writes must be heard by running servers: its cache publishes what each
 commit stored on the same invalidation channel as theirs (Redis, or PostgreSQL NOTIFY),
-and its change feed wakes their watchers. So the parts are the server's own, and a
-writing command waits until the channel is up before it writes anything.
+and its commits wake their watchers (the repository NOTIFYs them with each commit). So
+the parts are the server's own, and a writing command waits until the channel is up
+before it writes anything.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from tmcp_storage_server.app import build_cache, build_feed, build_repository
+from tmcp_storage_server.app import build_cache, build_repository
 from tmcp_storage_server.config import Config
 from tmcp_storage_server.core.admin import AdminService
 from tmcp_storage_server.core.clock import SystemClock
@@ -31,8 +32,6 @@ log = logging.getLogger(__name__)
 
 CHANNEL_WAIT = 5.0
 """Seconds a writing command waits for the invalidation channel before giving up."""
-FEED_FLUSH = 5.0
-"""Seconds a command waits for its watcher wake-ups to be sent before it exits."""
 
 OPERATOR = Principal("tmcp-storage-cli", "", frozenset({Scope.OPERATOR}))
 """Who the command line acts as: it reaches every space, as the database's owner does."""
@@ -59,21 +58,20 @@ class Parts:
 
 @contextlib.asynccontextmanager
 async def open_parts(config: Config, *, writes: bool) -> AsyncIterator[Parts]:
-    """Open the database and, for a command that ``writes``, the cache channel and the
-    change feed; close all of it on exit (after the feed sent its wake-ups)."""
+    """Open the database and, for a command that ``writes``, the cache channel; close
+    all of it on exit."""
     repository = build_repository(config)
     await repository.open()
     clock = SystemClock()
     tasks: list[asyncio.Task[None]] = []
-    feed = cache = None
+    cache = None
     try:
         if writes:
-            feed = await build_feed(config)
             cache, subscriber = build_cache(config)
             if subscriber is not None and cache is not None:
                 tasks.append(asyncio.create_task(subscriber.run(), name="invalidations"))
                 await _channel_up(cache)
-        writer = Writer(repository=repository, defaults=config.limits, cache=cache, feed=feed)
+        writer = Writer(repository=repository, defaults=config.limits, cache=cache)
         yield Parts(
             config=config,
             repository=repository,
@@ -84,16 +82,12 @@ async def open_parts(config: Config, *, writes: bool) -> AsyncIterator[Parts]:
             clock=clock,
             cache=cache,
         )
-        if feed is not None:
-            await feed.flush(FEED_FLUSH)
     finally:
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if feed is not None:
-            await feed.stop()
         if cache is not None:
             if cache.l2 is not None:
                 await cache.l2.close()

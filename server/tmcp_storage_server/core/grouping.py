@@ -1,12 +1,15 @@
-"""Group commit: single-key writes to one space that arrive together share a transaction.
+"""Group commit: single-key writes that arrive together share one transaction.
 
-Every write locks its space's row for the whole transaction, so concurrent writers of one
-space queue on that lock, each paying its own round trips, statements and cache and feed
-notifications while the others wait. ``WriteGroups`` runs them as a group instead: the
-first write of a space starts a runner; writes that arrive while its transaction is in
-flight wait, and the runner takes all of them into the next transaction (up to
-``max_group``). Inside it each write is applied in arrival order and committed under a
-revision of its own, exactly as if the writes had run one after another:
+Every write locks its space's row for the whole transaction and costs two round trips, a
+handful of statements and a cache announcement; at the rates a server takes writes, that
+fixed cost is most of a write's CPU. ``WriteGroups`` shares it: a write that arrives
+while ``max_flushes`` transactions are in flight waits, and the next transaction takes
+every waiting write (up to ``max_group``), of any number of spaces. It locks their rows
+(in one order, so transactions sharing spaces cannot deadlock), reads every key they
+name in the same round trip, and saves everything in one statement with COMMIT.
+
+Inside it each write is applied in arrival order and committed under a revision of its
+own, exactly as if the writes had run one after another:
 
 - a write that fails on its own (version mismatch, quota, not found, ...) is discarded
   and answered with its error; the others go on;
@@ -15,15 +18,21 @@ revision of its own, exactly as if the writes had run one after another:
 - results are only handed out after COMMIT, so no caller sees a write that could still be
   rolled back.
 
+A space is in at most one transaction at a time: its writes stay in arrival order, and a
+space whose lock is slow to come (held by another process's long batch) holds up one
+transaction, not every write of this process (``max_flushes`` > 1).
+
 A caller that gives up (cancelled, deadline) before its write is applied is skipped, even
-when its group already waits for the space's lock or a connection: a write whose caller
-saw DEADLINE_EXCEEDED while it queued is never stored later. Once applied, it commits with
+when its group already waits for a lock or a connection: a write whose caller saw
+DEADLINE_EXCEEDED while it queued is never stored later. Once applied, it commits with
 its group (a caller giving up during COMMIT cannot know the outcome, as for any RPC).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -32,6 +41,8 @@ from tmcp_storage_server.core.ports import Clock
 from tmcp_storage_server.core.writes import Writer, WriteSession
 from tmcp_storage_server.errors import StorageError, Unavailable
 from tmcp_storage_server.model import QuotaUsage, Space
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -50,54 +61,109 @@ class Committed(Generic[T]):
 
 @dataclass(slots=True)
 class _Pending:
+    space: Space
     keys: Sequence[str]
     apply: Apply[Any]
     done: asyncio.Future[Committed[Any]]
 
 
 class WriteGroups:
-    """Runs single-key writes of a space in groups, one transaction per group."""
+    """Runs single-key writes in groups, one transaction per group."""
 
-    def __init__(self, *, writer: Writer, clock: Clock, max_group: int = 64) -> None:
+    def __init__(
+        self,
+        *,
+        writer: Writer,
+        clock: Clock,
+        max_group: int = 64,
+        max_flushes: int = 2,
+        stalled: float = 0.02,
+    ) -> None:
         self._writer = writer
         self._clock = clock
         self._max_group = max_group
-        self._pending: dict[Space, list[_Pending]] = {}
-        self._runners: dict[Space, asyncio.Task[None]] = {}
+        self._max_flushes = max_flushes
+        self._stalled = stalled
+        self._pending: list[_Pending] = []
+        self._busy: set[Space] = set()
+        """Spaces of the transactions in flight."""
+        self._flushes: dict[asyncio.Task[None], float] = {}
+        """Transactions in flight, with the loop time each started at."""
+        self._starting = False
+        self._recheck: asyncio.TimerHandle | None = None
 
     async def write(self, space: Space, keys: Sequence[str], apply: Apply[T]) -> Committed[T]:
         """Apply one write to ``space`` (in a group with any that arrive meanwhile)."""
         self._writer.admit(space, 1)  # each write counts, not each group
         done: asyncio.Future[Committed[T]] = asyncio.get_running_loop().create_future()
-        self._pending.setdefault(space, []).append(_Pending(keys, apply, done))
-        if space not in self._runners:
-            self._runners[space] = asyncio.create_task(self._run(space), name="write-group")
+        self._pending.append(_Pending(space, keys, apply, done))
+        if not self._starting:  # once the loop's turn is over: the writes of this turn
+            self._starting = True  # arrive together
+            asyncio.get_running_loop().call_soon(self._start)
         return await done
 
-    async def _run(self, space: Space) -> None:
-        try:
-            while queue := self._pending.get(space):
-                group = [p for p in queue[: self._max_group] if not p.done.done()]
-                del queue[: self._max_group]
-                if group:
-                    await self._commit(space, group)
-        finally:
-            del self._runners[space]
-            if not self._pending.get(space):
-                self._pending.pop(space, None)
-            else:  # a write arrived as this runner was stopping on an error
-                self._runners[space] = asyncio.create_task(self._run(space), name="write-group")
+    def _start(self) -> None:
+        """Start a transaction if none is in flight; start another beside those in flight
+        only once the newest has run for ``stalled`` seconds (it waits for a lock held
+        elsewhere, or for a slow database): writes that wait meanwhile make the next
+        group larger, and a group's cost is mostly the same whatever its size."""
+        self._starting = False
+        loop = asyncio.get_running_loop()
+        while self._pending and len(self._flushes) < self._max_flushes:
+            if self._flushes:
+                due = max(self._flushes.values()) + self._stalled
+                if loop.time() < due:
+                    if self._recheck is None:
+                        self._recheck = loop.call_at(due, self._rechecked)
+                    return
+            group = self._take()
+            if not group:
+                return
+            spaces = {p.space for p in group}
+            self._busy |= spaces
+            task = asyncio.create_task(self._commit(group), name="write-group")
+            self._flushes[task] = loop.time()
+            task.add_done_callback(functools.partial(self._finished, spaces=spaces))
 
-    async def _commit(self, space: Space, group: list[_Pending]) -> None:
+    def _rechecked(self) -> None:
+        self._recheck = None
+        self._start()
+
+    def _take(self) -> list[_Pending]:
+        """The waiting writes of spaces not in flight, in arrival order (the callers that
+        gave up are dropped)."""
+        group: list[_Pending] = []
+        kept: list[_Pending] = []
+        for pending in self._pending:
+            if pending.done.done():
+                continue
+            if pending.space in self._busy or len(group) >= self._max_group:
+                kept.append(pending)
+            else:
+                group.append(pending)
+        self._pending = kept
+        return group
+
+    def _finished(self, task: asyncio.Task[None], spaces: set[Space]) -> None:
+        del self._flushes[task]
+        self._busy -= spaces
+        if not task.cancelled() and task.exception() is not None:  # a bug: keep it seen
+            log.error("write group failed", exc_info=task.exception())
+        self._start()
+
+    async def _commit(self, group: list[_Pending]) -> None:
         outcomes: list[Committed[Any] | BaseException] = []
-        keys = list(dict.fromkeys(k for p in group for k in p.keys))
+        requests: dict[Space, list[str]] = {}
+        for pending in group:
+            requests.setdefault(pending.space, []).extend(pending.keys)
         try:
             now = self._clock.now()
-            async with self._writer.session(space, now, keys, cost=0) as session:
+            async with self._writer.sessions(requests, now) as sessions:
                 for pending in group:
                     if pending.done.done():  # gave up while the group waited (lock, pool)
                         outcomes.append(asyncio.CancelledError())
                         continue
+                    session = sessions[pending.space]
                     try:
                         value = await pending.apply(session)
                         await session.commit(defer=True)

@@ -195,6 +195,13 @@ class Repository(Protocol):
         ``load``: a repository may read them while it takes the lock."""
         ...
 
+    def transactions(
+        self, requests: Mapping[Space, Sequence[str]]
+    ) -> AbstractAsyncContextManager[Mapping[Space, SpaceTransaction]]:
+        """One write transaction over several spaces (each created on first use), as
+        ``transaction`` for each: all of them commit together or none does."""
+        ...
+
     async def space_state(self, space: Space) -> SpaceState:
         """The space's row, without locking; a zero state when the space is new."""
         ...
@@ -247,6 +254,8 @@ class Repository(Protocol):
 Load = Callable[[], Awaitable[tuple[Entry | None, int]]]
 """Reads one key from the repository: its live entry or None, and the space revision."""
 
+Commit = tuple[Space, int, Sequence[Entry]]
+"""A committed write as a cache learns it: the space, its revision, the entries saved."""
 LoadMany = Callable[[Sequence[str]], Awaitable[tuple[Mapping[str, Entry], int]]]
 """Reads keys from the repository: their live entries (absent keys left out), and the
 space revision of that one snapshot."""
@@ -275,6 +284,10 @@ class Cache(Protocol):
     async def written(self, space: Space, revision: int, entries: Sequence[Entry]) -> None:
         """After a commit: ``entries`` (tombstones included) are the space's state at
         ``revision``. Updates this process's cache and tells every other process."""
+        ...
+
+    async def written_many(self, commits: Sequence[Commit]) -> None:
+        """``written`` for several spaces at once (one round trip to other processes)."""
         ...
 
     async def unknown(self, space: Space, revision: int, keys: Sequence[str]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -377,28 +377,53 @@ class Writer:
         server's own sweeps and for batches that only read): RateLimited, before any
         database work, when the space is over its rate."""
         self.admit(space, cost)
+        async with self.sessions({space: keys}, now) as sessions:
+            yield sessions[space]
+
+    @asynccontextmanager
+    async def sessions(
+        self, requests: Mapping[Space, Sequence[str]], now: datetime
+    ) -> AsyncIterator[dict[Space, WriteSession]]:
+        """One session per space, all in one transaction (see ``session``): their staged
+        writes commit together when the block exits normally; the cache learns them in
+        one call after the commit."""
+        sessions: dict[Space, WriteSession] = {}
+        starts: dict[Space, int] = {}
         staged_all = False
         try:
-            async with self._repository.transaction(space, keys) as tx:
-                session = WriteSession(
-                    tx,
-                    now=now,
-                    limits=effective_limits(self._defaults, tx.state),
-                    rejections=self.quota_rejections,
-                )
-                start = session.revision
-                await session.sweep_expired()
-                yield session
-                await session.commit()
+            async with self._repository.transactions(requests) as txs:
+                for space, tx in txs.items():
+                    session = WriteSession(
+                        tx,
+                        now=now,
+                        limits=effective_limits(self._defaults, tx.state),
+                        rejections=self.quota_rejections,
+                    )
+                    starts[space] = session.revision
+                    await session.sweep_expired()
+                    sessions[space] = session
+                yield sessions
+                for session in sessions.values():
+                    await session.commit()
                 staged_all = True
         except BaseException:
             # Failing at COMMIT leaves unknown whether it happened: drop those keys from
             # every cache rather than risk serving what it overwrote.
-            if staged_all and self._cache is not None and session.saved:
-                await self._cache.unknown(space, session.revision, list(session.saved))
+            if staged_all and self._cache is not None:
+                for space, session in sessions.items():
+                    if session.saved:
+                        await self._cache.unknown(space, session.revision, list(session.saved))
             raise
         # Only after the commit: a cache must never hold what a rollback undid.
-        if self._cache is not None and session.saved:
-            await self._cache.written(space, session.revision, list(session.saved.values()))
-        if self._feed is not None and session.revision != start:
-            self._feed.notify(space)
+        if self._cache is not None:
+            commits = [
+                (space, session.revision, list(session.saved.values()))
+                for space, session in sessions.items()
+                if session.saved
+            ]
+            if commits:
+                await self._cache.written_many(commits)
+        if self._feed is not None:
+            for space, session in sessions.items():
+                if session.revision != starts[space]:
+                    self._feed.notify(space)

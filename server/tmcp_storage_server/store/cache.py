@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 
 import redis.asyncio as redis
 
-from tmcp_storage_server.core.ports import Load, LoadMany
+from tmcp_storage_server.core.ports import Commit, Load, LoadMany
 from tmcp_storage_server.model import Entry, Space
 from tmcp_storage_server.store.invalidation import (
     MAX_MESSAGE_BYTES,
@@ -37,7 +37,7 @@ from tmcp_storage_server.store.invalidation import (
     messages,
 )
 from tmcp_storage_server.store.l1 import CachedRead, CacheKey, L1Cache
-from tmcp_storage_server.store.redis_l2 import RedisL2
+from tmcp_storage_server.store.redis_l2 import Group, RedisL2
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,14 @@ class CacheSettings:
     negative_ttl: float
     coherent_without_channel: bool
     """True when no other process can write (embedded SQLite): no channel is needed."""
+
+
+def _group(groups: dict[Space, Group], ck: CacheKey) -> Group:
+    space = Space(ck[0], ck[1])
+    group = groups.get(space)
+    if group is None:
+        group = groups[space] = Group()
+    return group
 
 
 def cache_key(space: Space, key: str) -> CacheKey:
@@ -226,47 +234,61 @@ class TwoLevelCache:
 
     async def written(self, space: Space, revision: int, entries: Sequence[Entry]) -> None:
         """Into this L1 and L2, and announced to the other processes."""
+        await self.written_many([(space, revision, entries)])
+
+    async def written_many(self, commits: Sequence[Commit]) -> None:
+        """``written`` for several spaces: one Redis round trip for all of them."""
         now = self.l1.clock()
         reads: list[tuple[CacheKey, CachedRead]] = []
         marks: list[tuple[CacheKey, int]] = []
-        for entry in entries:
-            ck = cache_key(space, entry.key)
-            if entry.deleted or entry.value is not None:
-                live = None if entry.deleted else entry
-                read = CachedRead(live, revision, now, self._valid_until(live, now))
-                self.l1.put(ck, read)
-                reads.append((ck, read))
-            else:  # saved without its value: only announce the change
-                self.l1.invalidate(ck, revision)
-                marks.append((ck, revision))
-        keys = [e.key for e in entries]
+        for space, revision, entries in commits:
+            for entry in entries:
+                ck = cache_key(space, entry.key)
+                if entry.deleted or entry.value is not None:
+                    live = None if entry.deleted else entry
+                    read = CachedRead(live, revision, now, self._valid_until(live, now))
+                    self.l1.put(ck, read)
+                    reads.append((ck, read))
+                else:  # saved without its value: only announce the change
+                    self.l1.invalidate(ck, revision)
+                    marks.append((ck, revision))
         if self.channel_up:
             try:
-                await self._announce(space, revision, keys, reads, marks)
+                changed = [
+                    (space, revision, [e.key for e in es]) for space, revision, es in commits
+                ]
+                await self._announce(changed, reads, marks)
                 return
             except _DOWN as exc:
                 self._channel_failed(exc)
         if self.l2 is not None or self.notifier is not None:
-            self._remember(space, revision, keys)
+            for space, revision, entries in commits:
+                self._remember(space, revision, [e.key for e in entries])
 
     async def _announce(
         self,
-        space: Space,
-        revision: int,
-        keys: list[str],
+        changed: Sequence[tuple[Space, int, Sequence[str]]],
         reads: list[tuple[CacheKey, CachedRead]],
         marks: list[tuple[CacheKey, int]],
     ) -> None:
-        if self.l2 is not None:
-            payload = list(messages(self.origin, space, revision, keys))
-            if marks:
-                await self.l2.mark(marks, [])
-            await self.l2.store(reads, publish=payload[0] if len(payload) == 1 else None)
-            if len(payload) > 1:
-                await self.l2.mark([], payload)
-        elif self.notifier is not None:
+        limit = MAX_MESSAGE_BYTES
+        if self.l2 is None and self.notifier is not None:
             limit = self.notifier.max_message_bytes
-            await self.notifier.publish(list(messages(self.origin, space, revision, keys, limit)))
+        payload: dict[Space, list[bytes]] = {}
+        for space, revision, keys in changed:
+            payload.setdefault(space, []).extend(
+                messages(self.origin, space, revision, keys, limit)
+            )
+        if self.l2 is not None:
+            # One script call per space: its items, then its messages; one round trip.
+            by_space = {space: Group(publish=sent) for space, sent in payload.items()}
+            for ck, read in reads:
+                _group(by_space, ck).reads.append((ck, read))
+            for ck, revision in marks:
+                _group(by_space, ck).marks.append((ck, revision))
+            await self.l2.store_groups(list(by_space.values()))
+        elif self.notifier is not None:
+            await self.notifier.publish([m for sent in payload.values() for m in sent])
 
     async def unknown(self, space: Space, revision: int, keys: Sequence[str]) -> None:
         """Markers at ``revision`` here and in Redis, and an announcement: older reads are
@@ -278,7 +300,7 @@ class TwoLevelCache:
             marks.append((ck, revision))
         if self.channel_up:
             try:
-                await self._announce(space, revision, list(keys), [], marks)
+                await self._announce([(space, revision, list(keys))], [], marks)
                 return
             except _DOWN as exc:
                 self._channel_failed(exc)

@@ -7,11 +7,12 @@ travel together (libpq pipeline mode) and each read is one statement:
   in the same statement, hence the same snapshot, as the entries).
 - ``usage_detail``, ``app_usage``: their statements pipelined in one read-only
   repeatable-read transaction: one round trip, one snapshot.
-- a write transaction: BEGIN, lock the space row, and one statement reading the next
-  expiry with the entries of the keys the caller names: one round trip (a space's first
-  write also inserts its row: one more). Any further ``load`` is one; ``save`` is held
-  back and sent with the next statement or with COMMIT. A Put, Delete or Touch, or a
-  group of them (core/grouping.py), is two round trips and five statements.
+- a write transaction, over one space or several (``transactions``): BEGIN, lock the
+  space rows, and one statement reading their next expiries with the entries of the keys
+  the caller names: one round trip (a space's first write also inserts its row: one
+  more). Any further ``load`` is one; every ``save`` is held back and all are sent as
+  one statement with the next read or with COMMIT. A group of single-key writes of any
+  spaces (core/grouping.py) is two round trips and five statements in all.
 - a pooled connection idle for more than two seconds is checked first: one more.
 
 Connections run in autocommit; write transactions issue their own sql.BEGIN so that it can
@@ -26,6 +27,7 @@ import logging
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from time import monotonic
 from typing import Any
@@ -51,6 +53,7 @@ from tmcp_storage_server.store import codec
 from tmcp_storage_server.store import postgres_sql as sql
 from tmcp_storage_server.store.errors import translate
 from tmcp_storage_server.store.migrations import scripts, statements
+from tmcp_storage_server.store.one_space import OneSpaceMixin
 from tmcp_storage_server.store.postgres_sync import SyncReadsMixin, SyncTransactionMixin
 
 log = logging.getLogger(__name__)
@@ -97,51 +100,122 @@ def _space_params(space: Space, **more: Any) -> dict[str, Any]:
     return {"user_id": space.user_id, "app_id": space.app_id, **more}
 
 
-def _save_params(
-    space: Space, revision: int, entries: Sequence[Entry], changes: Sequence[Change]
-) -> dict[str, Any]:
-    # One row per key, the last staged winning, as repeated upserts would leave it.
-    rows = list({e.key: e for e in entries}.values())
-    packed = [(None, codec.RAW) if e.value is None else codec.pack_value(e.value) for e in rows]
-    return _space_params(
-        space,
-        revision=revision,
-        now=datetime.now(UTC),
-        keys=[e.key for e in rows],
-        values=[p[0] for p in packed],
-        codecs=[p[1] for p in packed],
-        content_types=[e.content_type for e in rows],
-        versions=[e.version for e in rows],
-        create_revisions=[e.create_revision for e in rows],
-        mod_revisions=[e.mod_revision for e in rows],
-        created=[e.created_at for e in rows],
-        updated=[e.updated_at for e in rows],
-        expires=[e.expires_at for e in rows],
-        sizes=[e.size for e in rows],
-        checksums=[e.checksum for e in rows],
-        metadata=[codec.pack_metadata(e.metadata) for e in rows],
-        deleted=[e.deleted for e in rows],
-        change_revisions=[c.revision for c in changes],
-        change_keys=[c.key for c in changes],
-        ops=[int(c.op) for c in changes],
-        change_versions=[c.version for c in changes],
-        client_ids=[c.client_id for c in changes],
-        mutation_ids=[c.mutation_id for c in changes],
-    )
+@dataclass(slots=True)
+class _PendingSave:
+    """What one space's ``save`` calls held back, merged: the last entry of each key,
+    every change, and the space row as the last call left it."""
+
+    revision: int = 0
+    used_bytes: int = 0
+    used_keys: int = 0
+    entries: dict[str, Entry] = field(default_factory=dict)
+    changes: list[Change] = field(default_factory=list)
+    retained: list[Entry] = field(default_factory=list)
+
+
+def _owners(rows: Sequence[tuple[Space, Any]], users: str, apps: str) -> dict[str, list[str]]:
+    """The user and app columns of rows owned by spaces."""
+    return {users: [s.user_id for s, _ in rows], apps: [s.app_id for s, _ in rows]}
+
+
+def _save_params(saves: Mapping[Space, _PendingSave]) -> dict[str, Any]:
+    rows = [(space, e) for space, save in saves.items() for e in save.entries.values()]
+    changes = [(space, c) for space, save in saves.items() for c in save.changes]
+    packed = [(None, codec.RAW) if e.value is None else codec.pack_value(e.value) for _, e in rows]
+    return {
+        "now": datetime.now(UTC),
+        **_owners(rows, "entry_users", "entry_apps"),
+        "keys": [e.key for _, e in rows],
+        "values": [p[0] for p in packed],
+        "codecs": [p[1] for p in packed],
+        "content_types": [e.content_type for _, e in rows],
+        "versions": [e.version for _, e in rows],
+        "create_revisions": [e.create_revision for _, e in rows],
+        "mod_revisions": [e.mod_revision for _, e in rows],
+        "created": [e.created_at for _, e in rows],
+        "updated": [e.updated_at for _, e in rows],
+        "expires": [e.expires_at for _, e in rows],
+        "sizes": [e.size for _, e in rows],
+        "checksums": [e.checksum for _, e in rows],
+        "metadata": [codec.pack_metadata(e.metadata) for _, e in rows],
+        "deleted": [e.deleted for _, e in rows],
+        **_owners(changes, "change_users", "change_apps"),
+        "change_revisions": [c.revision for _, c in changes],
+        "change_keys": [c.key for _, c in changes],
+        "ops": [int(c.op) for _, c in changes],
+        "change_versions": [c.version for _, c in changes],
+        "client_ids": [c.client_id for _, c in changes],
+        "mutation_ids": [c.mutation_id for _, c in changes],
+        **_owners([(s, None) for s in saves], "user_ids", "app_ids"),
+        "revisions": [save.revision for save in saves.values()],
+        "used_bytes": [save.used_bytes for save in saves.values()],
+        "used_keys": [save.used_keys for save in saves.values()],
+    }
+
+
+def _retain_params(saves: Mapping[Space, _PendingSave]) -> dict[str, Any] | None:
+    kept = [(space, e) for space, save in saves.items() for e in save.retained]
+    if not kept:
+        return None
+    return {
+        **_owners(kept, "users", "apps"),
+        "keep": RETAINED_VERSIONS,
+        "keys": [e.key for _, e in kept],
+        "versions": [e.version for _, e in kept],
+        "values": [e.value for _, e in kept],
+        "content_types": [e.content_type for _, e in kept],
+    }
+
+
+class _Work:
+    """What the spaces of one write transaction share: the connection (inside sql.BEGIN,
+    their rows locked) and the statements held back until the next read or COMMIT."""
+
+    def __init__(self, conn: _Conn) -> None:
+        self.conn = conn
+        self.saves: dict[Space, _PendingSave] = {}
+        """Every space's entries, changes and row, sent as one sql.SAVE."""
+        self.unsent: list[tuple[str, dict[str, Any]]] = []
+        """Other writes (sync records), in order."""
+
+    async def rows(self, query: str, params: Mapping[str, Any]) -> list[_Row]:
+        if not self.saves and not self.unsent:
+            return await (await self.conn.execute(query, params, binary=True)).fetchall()
+        async with self.conn.pipeline():
+            await self._send()
+            cursor = await self.conn.execute(query, params, binary=True)
+        return await cursor.fetchall()
+
+    async def _send(self) -> None:
+        if self.saves:
+            await self.conn.execute(sql.SAVE, _save_params(self.saves))
+            retain = _retain_params(self.saves)
+            if retain is not None:
+                await self.conn.execute(sql.RETAIN, retain)
+            self.saves.clear()
+        for query, params in self.unsent:
+            await self.conn.execute(query, params)
+        self.unsent.clear()
+
+    async def commit(self) -> None:
+        """Send held-back writes and sql.COMMIT in one round trip."""
+        async with self.conn.pipeline():
+            await self._send()
+            await self.conn.execute(sql.COMMIT)
 
 
 class _Transaction(SyncTransactionMixin):
-    """``SpaceTransaction`` on a connection inside sql.BEGIN, the space row locked."""
+    """``SpaceTransaction``: one space of a write transaction (``_Work``)."""
 
     def __init__(
         self,
-        conn: _Conn,
+        work: _Work,
         space: Space,
         state: SpaceState,
         next_expiry: datetime | None,
         prefetched: dict[str, Entry | None],
     ) -> None:
-        self._conn = conn
+        self._work = work
         self._space = space
         self.state = state
         # Entries read while taking the lock; only the lock holder changes them, and
@@ -150,20 +224,10 @@ class _Transaction(SyncTransactionMixin):
         # Only the holder of the space lock changes its entries, so the earliest expiry
         # read after locking stays a lower bound: no due entries before it, no query.
         self._next_expiry = next_expiry
-        self._unsent: list[tuple[str, dict[str, Any]]] = []
+        self._unsent = work.unsent  # the sync records' statements (SyncTransactionMixin)
 
     async def _rows(self, query: str, params: Mapping[str, Any]) -> list[_Row]:
-        if not self._unsent:
-            return await (await self._conn.execute(query, params, binary=True)).fetchall()
-        async with self._conn.pipeline():
-            await self._send_saves()
-            cursor = await self._conn.execute(query, params, binary=True)
-        return await cursor.fetchall()
-
-    async def _send_saves(self) -> None:
-        for query, params in self._unsent:
-            await self._conn.execute(query, params)
-        self._unsent.clear()
+        return await self._work.rows(query, params)
 
     async def _one_row(self, query: str, params: Mapping[str, Any]) -> _Row | None:
         rows = await self._rows(query, params)
@@ -199,36 +263,21 @@ class _Transaction(SyncTransactionMixin):
         used_keys: int,
         retained: Sequence[Entry] = (),
     ) -> None:
-        params = _save_params(self._space, revision, entries, changes)
+        pending = self._work.saves.setdefault(self._space, _PendingSave())
+        pending.revision, pending.used_bytes, pending.used_keys = revision, used_bytes, used_keys
+        pending.entries.update((e.key, e) for e in entries)
+        pending.changes.extend(changes)
+        pending.retained.extend(retained)
         for entry in entries:
             if entry.key in self._prefetched:
                 self._prefetched[entry.key] = entry
-        self._unsent.append(
-            (sql.SAVE, {**params, "used_bytes": used_bytes, "used_keys": used_keys})
-        )
-        if retained:
-            kept = _space_params(
-                self._space,
-                keys=[e.key for e in retained],
-                versions=[e.version for e in retained],
-                values=[e.value for e in retained],
-                content_types=[e.content_type for e in retained],
-                keep=RETAINED_VERSIONS,
-            )
-            self._unsent.append((sql.RETAIN, kept))
         expiries = [e.expires_at for e in entries if not e.deleted and e.expires_at is not None]
         if self._next_expiry is not None:
             expiries.append(self._next_expiry)
         self._next_expiry = min(expiries, default=None)
 
-    async def commit(self) -> None:
-        """Send held-back saves and sql.COMMIT in one round trip."""
-        async with self._conn.pipeline():
-            await self._send_saves()
-            await self._conn.execute(sql.COMMIT)
 
-
-class PostgresRepository(SyncReadsMixin):
+class PostgresRepository(SyncReadsMixin, OneSpaceMixin[_Transaction]):
     """``core.ports.Repository`` on PostgreSQL."""
 
     def __init__(self, *, url: str, min_size: int = 1, max_size: int = 10) -> None:
@@ -394,53 +443,74 @@ class PostgresRepository(SyncReadsMixin):
         return [_entry(r[1:]) for r in rows if r[1] is not None], rows[0][0]
 
     @asynccontextmanager
-    async def transaction(
-        self, space: Space, keys: Sequence[str] = ()
-    ) -> AsyncIterator[_Transaction]:
-        """A write transaction holding the space row's lock; ``keys`` are read in the
-        same round trip as the lock."""
+    async def transactions(
+        self, requests: Mapping[Space, Sequence[str]]
+    ) -> AsyncIterator[dict[Space, _Transaction]]:
+        """One write transaction holding the rows' locks of several spaces; the keys
+        named for each are read in the same round trip as the locks, and everything the
+        spaces save is sent as one statement with COMMIT."""
         with translate(*_TRANSIENT):
             async with self._connection() as conn:
-                tx = await self._begin(conn, space, keys)
+                work = _Work(conn)
+                spaces = await self._begin(work, requests)
                 try:
-                    yield tx
-                    await tx.commit()
+                    yield spaces
+                    await work.commit()
                 except BaseException:
                     await _rollback(conn)
                     raise
 
-    async def _begin(self, conn: _Conn, space: Space, keys: Sequence[str]) -> _Transaction:
-        # One round trip: BEGIN, lock the space row (SELECT .. FOR UPDATE marks it without
-        # writing a new row version, as ON CONFLICT DO UPDATE would on every write), the
-        # next expiry, and the entries of ``keys``. Pipelined statements run in order, so
-        # the last two take their snapshots after the lock is granted. A space's first
-        # write finds no row: it inserts it and does the rest again under the lock.
-        params = _space_params(space, keys=list(keys))
-        state, next_expiry, rows = await self._lock(conn, params, create=False)
-        if state is None:
-            state, next_expiry, rows = await self._lock(conn, params, create=True)
-        assert state is not None, "the space row exists: inserted above"
-        prefetched: dict[str, Entry | None] = dict.fromkeys(keys)
-        prefetched.update((entry.key, entry) for entry in map(_entry, rows))
-        return _Transaction(conn, space, _state(state), _utc(next_expiry), prefetched)
+    async def _begin(
+        self, work: _Work, requests: Mapping[Space, Sequence[str]]
+    ) -> dict[Space, _Transaction]:
+        # One round trip: BEGIN, lock the space rows (SELECT .. FOR UPDATE marks them
+        # without writing new row versions, as ON CONFLICT DO UPDATE would on every
+        # write), then their next expiries and the entries of the keys. Pipelined
+        # statements run in order, so the last one takes its snapshot after the locks are
+        # granted. A space's first write finds no row: it is inserted and the rest done
+        # again under the lock.
+        ordered = sorted(requests, key=lambda s: (s.user_id, s.app_id))
+        wanted = [(space, key) for space in ordered for key in dict.fromkeys(requests[space])]
+        params = {
+            "user_ids": [s.user_id for s in ordered],
+            "app_ids": [s.app_id for s in ordered],
+            "key_users": [s.user_id for s, _ in wanted],
+            "key_apps": [s.app_id for s, _ in wanted],
+            "keys": [k for _, k in wanted],
+        }
+        states, rows = await self._lock(work.conn, params, create=False)
+        if len(states) < len(ordered):
+            states, rows = await self._lock(work.conn, params, create=True)
+        assert len(states) == len(ordered), "every space row exists: inserted above"
+        expiries: dict[Space, datetime | None] = {}
+        prefetched: dict[Space, dict[str, Entry | None]] = {s: {} for s in ordered}
+        for space, key in wanted:
+            prefetched[space][key] = None
+        for row in rows:
+            space = Space(row[1], row[0])
+            expiries[space] = _utc(row[2])
+            if row[3] is not None:
+                entry = _entry(row[3:])
+                prefetched[space][entry.key] = entry
+        return {
+            space: _Transaction(
+                work, space, _state(states[space]), expiries.get(space), prefetched[space]
+            )
+            for space in ordered
+        }
 
     async def _lock(
         self, conn: _Conn, params: Mapping[str, Any], *, create: bool
-    ) -> tuple[_Row | None, datetime | None, list[_Row]]:
+    ) -> tuple[dict[Space, _Row], list[_Row]]:
         async with conn.pipeline():
             if create:
-                await conn.execute(sql.CREATE_SPACE, params)
+                await conn.execute(sql.CREATE_SPACES, params)
             else:
                 await conn.execute(sql.BEGIN)
-            locked = await conn.execute(sql.LOCK_SPACE, params)
-            if params["keys"]:
-                loaded = await conn.execute(sql.EXPIRY_AND_LOAD, params, binary=True)
-            else:
-                loaded = await conn.execute(sql.NEXT_EXPIRY, params, binary=True)
-        state, rows = await locked.fetchone(), await loaded.fetchall()
-        assert rows, "an aggregate returns one row"
-        entries = [row[1:] for row in rows if len(row) > 1 and row[1] is not None]
-        return state, rows[0][0], entries
+            locked = await conn.execute(sql.LOCK_SPACES, params)
+            loaded = await conn.execute(sql.EXPIRIES_AND_LOAD, params, binary=True)
+        states = {Space(row[1], row[0]): row[2:] for row in await locked.fetchall()}
+        return states, await loaded.fetchall()
 
     async def space_state(self, space: Space) -> SpaceState:
         """The space's row; a zero state (with the app's overrides) when it is new."""

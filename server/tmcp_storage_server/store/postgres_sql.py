@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tmcp_storage_server.store.change_feed import CHANNEL as FEED_CHANNEL
+from tmcp_storage_server.store.change_feed import SEPARATOR as FEED_SEPARATOR
 from tmcp_storage_server.store.codec import (
     CONFLICT_COLUMNS,
     ENTRY_COLUMNS,
@@ -74,36 +76,51 @@ STATE = """SELECT COALESCE(s.revision, 0), COALESCE(s.used_bytes, 0), COALESCE(s
   FROM (SELECT %(user_id)s::text AS user_id, %(app_id)s::text AS app_id) AS k
   LEFT JOIN spaces s ON s.user_id = k.user_id AND s.app_id = k.app_id
   LEFT JOIN app_quotas a ON a.app_id = k.app_id"""
-CREATE_SPACE = """INSERT INTO spaces (user_id, app_id) VALUES (%(user_id)s, %(app_id)s)
+# A write transaction's first round trip: its spaces' rows (inserted on first use),
+# locked in one order (user, app) so that two transactions sharing spaces cannot
+# deadlock; then, in a statement of its own so that it reads after the locks are granted,
+# each space's next expiry with the entries of the keys named for it.
+_SPACES = "unnest(%(user_ids)b::text[], %(app_ids)b::text[])"
+CREATE_SPACES = f"""INSERT INTO spaces (user_id, app_id)
+  SELECT u, a FROM {_SPACES} AS n(u, a) ORDER BY u, a
   ON CONFLICT (user_id, app_id) DO NOTHING"""
-LOCK_SPACE = """SELECT s.revision, s.used_bytes, s.used_keys, s.limit_bytes, s.limit_keys,
-    s.max_value_bytes, a.limit_bytes, a.limit_keys, a.max_value_bytes
+LOCK_SPACES = f"""SELECT s.user_id, s.app_id, s.revision, s.used_bytes, s.used_keys,
+    s.limit_bytes, s.limit_keys, s.max_value_bytes, a.limit_bytes, a.limit_keys,
+    a.max_value_bytes
   FROM spaces s LEFT JOIN app_quotas a ON a.app_id = s.app_id
-  WHERE s.user_id = %(user_id)s AND s.app_id = %(app_id)s FOR UPDATE OF s"""
+  WHERE (s.user_id, s.app_id) IN (SELECT u, a FROM {_SPACES} AS n(u, a))
+  ORDER BY s.user_id, s.app_id FOR UPDATE OF s"""
 NEXT_EXPIRY = f"""SELECT MIN(expires_at) FROM entries
   WHERE {SPACE} AND NOT deleted AND expires_at IS NOT NULL"""
 LOAD = _EACH_KEY.format(columns=ENTRY_COLUMNS, space=SPACE, live="")
-# The next expiry and the entries of the keys in one statement (the first column of
-# every row; one row with NULL entry columns when no key is found).
-EXPIRY_AND_LOAD = f"""SELECT x.next_expiry, m.* FROM ({NEXT_EXPIRY}) AS x(next_expiry)
-  LEFT JOIN ({LOAD}) AS m ON true"""
+# One row per found key, or one with NULL entry columns for a space none was found in.
+EXPIRIES_AND_LOAD = f"""SELECT n.u, n.a, x.next_expiry, m.* FROM {_SPACES} AS n(u, a)
+  CROSS JOIN LATERAL (SELECT MIN(expires_at) FROM entries WHERE user_id = n.u
+    AND app_id = n.a AND NOT deleted AND expires_at IS NOT NULL) AS x(next_expiry)
+  LEFT JOIN LATERAL (SELECT e.* FROM unnest(%(key_users)b::text[], %(key_apps)b::text[],
+      %(keys)b::text[]) AS w(u, a, wanted)
+    CROSS JOIN LATERAL (SELECT {ENTRY_COLUMNS} FROM entries WHERE user_id = w.u
+      AND app_id = w.a AND key = w.wanted ORDER BY key LIMIT 1) AS e
+    WHERE w.u = n.u AND w.a = n.a) AS m ON true"""
 LOAD_PREFIX = f"""SELECT {ENTRY_COLUMNS_NO_VALUE} FROM entries
   WHERE {SPACE} AND {_LIVE} AND key >= %(low)s AND key < %(high)s ORDER BY key"""
 LOAD_FROM = f"""SELECT {ENTRY_COLUMNS_NO_VALUE} FROM entries
   WHERE {SPACE} AND {_LIVE} AND key >= %(low)s ORDER BY key"""
 DUE = f"""SELECT {ENTRY_COLUMNS_NO_VALUE} FROM entries
   WHERE {SPACE} AND NOT deleted AND expires_at IS NOT NULL AND expires_at <= %(now)s"""
-# Entries, changes and the space row in one statement: arrays of columns, unnested.
+# Entries, changes and space rows of any number of spaces in one statement: arrays of
+# columns, unnested. Each space row updated also wakes the space's watchers in every
+# process (store.change_feed): NOTIFY is sent at COMMIT, and only if it commits.
 SAVE = f"""WITH upserted AS (
     INSERT INTO entries (user_id, app_id, key, value, codec, content_type, version,
       create_revision, mod_revision, created_at, updated_at, expires_at, size, checksum,
       metadata, deleted)
-    SELECT %(user_id)s::text, %(app_id)s::text, e.* FROM unnest(%(keys)b::text[],
-      %(values)b::bytea[], %(codecs)b::smallint[], %(content_types)b::text[],
-      %(versions)b::bigint[], %(create_revisions)b::bigint[], %(mod_revisions)b::bigint[],
-      %(created)b::timestamptz[], %(updated)b::timestamptz[], %(expires)b::timestamptz[],
-      %(sizes)b::bigint[], %(checksums)b::text[], %(metadata)b::jsonb[],
-      %(deleted)b::boolean[]) AS e
+    SELECT e.* FROM unnest(%(entry_users)b::text[], %(entry_apps)b::text[],
+      %(keys)b::text[], %(values)b::bytea[], %(codecs)b::smallint[],
+      %(content_types)b::text[], %(versions)b::bigint[], %(create_revisions)b::bigint[],
+      %(mod_revisions)b::bigint[], %(created)b::timestamptz[], %(updated)b::timestamptz[],
+      %(expires)b::timestamptz[], %(sizes)b::bigint[], %(checksums)b::text[],
+      %(metadata)b::jsonb[], %(deleted)b::boolean[]) AS e
     ON CONFLICT (user_id, app_id, key) DO UPDATE SET value = EXCLUDED.value,
       codec = EXCLUDED.codec, content_type = EXCLUDED.content_type,
       version = EXCLUDED.version, create_revision = EXCLUDED.create_revision,
@@ -114,14 +131,18 @@ SAVE = f"""WITH upserted AS (
   ), appended AS (
     INSERT INTO changes (user_id, app_id, revision, key, op, version, client_id,
       mutation_id, created_at)
-    SELECT %(user_id)s::text, %(app_id)s::text, c.*, %(now)s FROM unnest(
+    SELECT c.*, %(now)s FROM unnest(%(change_users)b::text[], %(change_apps)b::text[],
       %(change_revisions)b::bigint[], %(change_keys)b::text[], %(ops)b::smallint[],
       %(change_versions)b::bigint[], %(client_ids)b::text[],
       %(mutation_ids)b::bigint[]) AS c
   )
-  UPDATE spaces SET revision = %(revision)s, used_bytes = %(used_bytes)s,
-    used_keys = %(used_keys)s, updated_at = %(now)s
-  WHERE {SPACE}"""
+  UPDATE spaces s SET revision = n.revision, used_bytes = n.used_bytes,
+    used_keys = n.used_keys, updated_at = %(now)s
+  FROM unnest(%(user_ids)b::text[], %(app_ids)b::text[], %(revisions)b::bigint[],
+    %(used_bytes)b::bigint[], %(used_keys)b::bigint[]) AS n(u, a, revision, used_bytes,
+    used_keys)
+  WHERE s.user_id = n.u AND s.app_id = n.a
+  RETURNING pg_notify('{FEED_CHANNEL}', s.app_id || chr({ord(FEED_SEPARATOR)}) || s.user_id)"""
 USAGE_BY_TYPE = f"""SELECT content_type, SUM(size)::bigint, COUNT(*) FROM entries
   WHERE {SPACE} AND {_LIVE} GROUP BY content_type
   ORDER BY content_type COLLATE "C" """
@@ -174,13 +195,14 @@ RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name) VALUES (%(vers
 _E_COLUMNS = qualified(ENTRY_COLUMNS, "e")
 RETAIN = """WITH kept AS (
     INSERT INTO versions (user_id, app_id, key, version, value, content_type)
-    SELECT %(user_id)s::text, %(app_id)s::text, v.* FROM unnest(%(keys)b::text[],
+    SELECT v.* FROM unnest(%(users)b::text[], %(apps)b::text[], %(keys)b::text[],
       %(versions)b::bigint[], %(values)b::bytea[], %(content_types)b::text[]) AS v
     ON CONFLICT (user_id, app_id, key, version) DO UPDATE SET value = EXCLUDED.value,
       content_type = EXCLUDED.content_type
   )
-  DELETE FROM versions o USING unnest(%(keys)b::text[], %(versions)b::bigint[]) AS n(key, version)
-  WHERE o.user_id = %(user_id)s AND o.app_id = %(app_id)s AND o.key = n.key
+  DELETE FROM versions o USING unnest(%(users)b::text[], %(apps)b::text[], %(keys)b::text[],
+    %(versions)b::bigint[]) AS n(u, a, key, version)
+  WHERE o.user_id = n.u AND o.app_id = n.a AND o.key = n.key
     AND o.version <= n.version - %(keep)s"""
 RETAINED = f"""SELECT value FROM versions WHERE {SPACE} AND key = %(key)s
   AND version = %(version)s"""

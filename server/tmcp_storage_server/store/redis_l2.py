@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import redis.asyncio as redis
@@ -29,12 +30,21 @@ from tmcp_storage_server.store.l1 import CachedRead, CacheKey, marker_rank, read
 SOCKET_TIMEOUT = 0.5
 """Seconds any Redis call may take before Redis counts as unreachable."""
 
-# KEYS[1] item; ARGV rank, read_at_ms, valid_until_ms, data, retain_ms.
-_SET_NEWER = """
-local cur = tonumber(redis.call('HGET', KEYS[1], 'k') or '-1')
-if cur > tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'k', ARGV[1], 't', ARGV[2], 'u', ARGV[3], 'd', ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
+# KEYS the items; ARGV[1] the channel, ARGV[2] the number m of messages, ARGV[3..2+m]
+# the messages, then per item: rank, read_at_ms, valid_until_ms, data, retain_ms. Each
+# item is set unless Redis holds a higher rank; then the messages are published (after
+# the items, so that a process that hears one and reads Redis finds the new item).
+_STORE = """
+local m = tonumber(ARGV[2])
+for i, key in ipairs(KEYS) do
+  local a = 2 + m + (i - 1) * 5
+  local cur = tonumber(redis.call('HGET', key, 'k') or '-1')
+  if cur <= tonumber(ARGV[a + 1]) then
+    redis.call('HSET', key, 'k', ARGV[a + 1], 't', ARGV[a + 2], 'u', ARGV[a + 3], 'd', ARGV[a + 4])
+    redis.call('PEXPIRE', key, ARGV[a + 5])
+  end
+end
+for j = 1, m do redis.call('PUBLISH', ARGV[1], ARGV[2 + j]) end
 return 1
 """
 
@@ -99,6 +109,15 @@ def decode_entry(key: str, data: bytes) -> Entry:
     )
 
 
+@dataclass(slots=True)
+class Group:
+    """What one script call stores (a space's): markers, reads, then messages."""
+
+    reads: list[tuple[CacheKey, CachedRead]] = field(default_factory=list)
+    marks: list[tuple[CacheKey, int]] = field(default_factory=list)
+    publish: list[bytes] = field(default_factory=list)
+
+
 class RedisL2:
     """Items in Redis under ``prefix``; invalidations published on ``channel``."""
 
@@ -106,7 +125,7 @@ class RedisL2:
         self.client = client
         self._prefix = prefix.encode()
         self._retain_ms = max(1, int(retain * 1000))
-        self._set_newer = client.register_script(_SET_NEWER)
+        self._store = client.register_script(_STORE)
         self.channel = prefix + "invalidate"
 
     def redis_key(self, key: CacheKey) -> bytes:
@@ -123,51 +142,58 @@ class RedisL2:
         return [_read(key, reply) for key, reply in zip(keys, replies, strict=True)]
 
     async def store(
-        self, reads: Sequence[tuple[CacheKey, CachedRead]], *, publish: bytes | None = None
+        self,
+        reads: Sequence[tuple[CacheKey, CachedRead]],
+        *,
+        marks: Sequence[tuple[CacheKey, int]] = (),
+        publish: Sequence[bytes] = (),
     ) -> None:
-        """Store each read unless Redis holds a newer one; then publish ``publish``. One
-        round trip, in this order, so another process that hears the invalidation and
-        reads Redis finds the new item."""
-        items: list[tuple[CacheKey, list[bytes | int]]] = []
-        for key, read in reads:
-            data = b"" if read.entry is None else encode_entry(read.entry)
-            args: list[bytes | int] = [
-                read_rank(read.revision),
-                _ms(read.read_at),
-                _ms(read.valid_until),
-                data,
-                self._retain_ms,
-            ]
-            items.append((key, args))
-        await self._set_many(items, [publish] if publish is not None else [])
+        """Markers for keys changed at revisions with values unknown (``marks``) and each
+        read, unless Redis holds a newer one; then the messages of ``publish``."""
+        await self.store_groups([Group(list(reads), list(marks), list(publish))])
 
     async def mark(self, changes: Sequence[tuple[CacheKey, int]], publish: Sequence[bytes]) -> None:
         """Markers for keys changed at revisions (values unknown), then the messages."""
-        markers: list[tuple[CacheKey, list[bytes | int]]] = [
-            (key, [marker_rank(revision), 0, 0, b"", self._retain_ms]) for key, revision in changes
-        ]
-        await self._set_many(markers, publish)
+        await self.store_groups([Group([], list(changes), list(publish))])
 
-    async def _set_many(
-        self, items: Sequence[tuple[CacheKey, list[bytes | int]]], publish: Sequence[bytes]
-    ) -> None:
+    async def store_groups(self, groups: Sequence[Group]) -> None:
+        """``store`` for each group (a space's keys and messages): one script call per
+        group, all in one round trip."""
+        calls: list[tuple[list[bytes], list[bytes | int]]] = []
+        for group in groups:
+            keys = [self.redis_key(key) for key, _ in group.marks]
+            args: list[bytes | int] = [self.channel.encode(), len(group.publish), *group.publish]
+            for _, revision in group.marks:
+                args += (marker_rank(revision), 0, 0, b"", self._retain_ms)
+            for key, read in group.reads:
+                keys.append(self.redis_key(key))
+                data = b"" if read.entry is None else encode_entry(read.entry)
+                args += (
+                    read_rank(read.revision),
+                    _ms(read.read_at),
+                    _ms(read.valid_until),
+                    data,
+                    self._retain_ms,
+                )
+            if keys or group.publish:
+                calls.append((keys, args))
+        if not calls:
+            return
         # EVALSHA straight away: a registered script in a pipeline makes redis-py ask
         # SCRIPT EXISTS first, one more round trip on every write. After a Redis restart
         # or SCRIPT FLUSH the answer is NOSCRIPT: load it and send the pipeline again
         # (setting newer items is idempotent; an invalidation heard twice is harmless).
         for attempt in range(2):
             async with self.client.pipeline(transaction=False) as pipe:
-                for key, args in items:
-                    pipe.evalsha(self._set_newer.sha, 1, self.redis_key(key), *args)
-                for message in publish:
-                    pipe.publish(self.channel, message)
+                for keys, args in calls:
+                    pipe.evalsha(self._store.sha, len(keys), *keys, *args)
                 try:
                     await pipe.execute()
                     return
                 except NoScriptError:
                     if attempt:
                         raise
-            await self.client.script_load(_SET_NEWER)
+            await self.client.script_load(_STORE)
 
     async def forget_all(self) -> int:
         """Delete every item under the prefix (only ours); returns how many."""

@@ -12,7 +12,7 @@ import asyncio
 import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,6 +34,7 @@ from tmcp_storage_server.store import codec
 from tmcp_storage_server.store import sqlite_sql as sql
 from tmcp_storage_server.store.errors import translate
 from tmcp_storage_server.store.migrations import scripts, statements
+from tmcp_storage_server.store.one_space import OneSpaceMixin
 from tmcp_storage_server.store.sqlite_sync import (
     SyncReadsMixin,
     SyncTransactionMixin,
@@ -148,7 +149,7 @@ class _Transaction(SyncTransactionMixin):
         )
 
 
-class SqliteRepository(SyncReadsMixin):
+class SqliteRepository(SyncReadsMixin, OneSpaceMixin[_Transaction]):
     """``core.ports.Repository`` on one SQLite file."""
 
     def __init__(self, *, path: str) -> None:
@@ -275,20 +276,21 @@ class SqliteRepository(SyncReadsMixin):
             return entries, self._state(conn, space).revision
 
     @asynccontextmanager
-    async def transaction(
-        self, space: Space, keys: Sequence[str] = ()
-    ) -> AsyncIterator[_Transaction]:
-        """A write transaction holding SQLite's write lock (``keys`` are loaded on demand:
-        a local file has no round trips to save)."""
+    async def transactions(
+        self, requests: Mapping[Space, Sequence[str]]
+    ) -> AsyncIterator[dict[Space, _Transaction]]:
+        """One write transaction over several spaces (SQLite's write lock covers all)."""
         async with self._lock:
             conn = self._w
             with translate(*_TRANSIENT):
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    conn.execute(
-                        sql.CREATE_SPACE, _space_params(space, now=to_us(datetime.now(UTC)))
-                    )
-                    yield _Transaction(conn, space, self._state(conn, space))
+                    now = to_us(datetime.now(UTC))
+                    spaces = {}
+                    for space in requests:
+                        conn.execute(sql.CREATE_SPACE, _space_params(space, now=now))
+                        spaces[space] = _Transaction(conn, space, self._state(conn, space))
+                    yield spaces
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
