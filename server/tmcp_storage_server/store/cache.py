@@ -5,7 +5,8 @@ How it stays coherent (see ``store.l1`` for ranks and generations):
 - Every read carries the space revision it was made at; L1 and Redis keep an item only
   if no higher-ranked one is there, so a slow read can never overwrite a newer write.
 - A write (``written``, after commit) puts its entries into the L1, then in one Redis round
-  trip stores them in L2 and publishes an invalidation; other processes mark or drop their
+  trip stores them in L2 (a large batch only marks them changed there) and publishes an
+  invalidation; other processes mark or drop their
   L1 copies. A fill that began before the invalidation arrived is refused by the marker.
 - Without Redis, invalidations travel by PostgreSQL NOTIFY (a ``Notifier``); the embedded
   SQLite database has one process and needs no channel.
@@ -37,13 +38,18 @@ from tmcp_storage_server.store.invalidation import (
     messages,
 )
 from tmcp_storage_server.store.l1 import CachedRead, CacheKey, L1Cache
-from tmcp_storage_server.store.redis_l2 import Group, RedisL2
+from tmcp_storage_server.store.redis_l2 import RedisL2
 
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 10_000
 """Keys a process remembers having changed while Redis was down; beyond this it deletes
 every L2 item under its prefix when Redis is back."""
+
+WRITE_THROUGH_MAX = 16
+"""A commit of up to this many entries of a space stores them in Redis (other processes
+then read them from L2); a larger one (a bulk batch) only marks them changed there: its
+values would cost more to encode and send than the reads they might save."""
 
 _DOWN = (redis.RedisError, OSError)
 """What a Redis call or a ``Notifier`` raises when its server is unreachable."""
@@ -80,14 +86,6 @@ class CacheSettings:
     negative_ttl: float
     coherent_without_channel: bool
     """True when no other process can write (embedded SQLite): no channel is needed."""
-
-
-def _group(groups: dict[Space, Group], ck: CacheKey) -> Group:
-    space = Space(ck[0], ck[1])
-    group = groups.get(space)
-    if group is None:
-        group = groups[space] = Group()
-    return group
 
 
 def cache_key(space: Space, key: str) -> CacheKey:
@@ -242,13 +240,17 @@ class TwoLevelCache:
         reads: list[tuple[CacheKey, CachedRead]] = []
         marks: list[tuple[CacheKey, int]] = []
         for space, revision, entries in commits:
+            through = len(entries) <= WRITE_THROUGH_MAX
             for entry in entries:
                 ck = cache_key(space, entry.key)
                 if entry.deleted or entry.value is not None:
                     live = None if entry.deleted else entry
                     read = CachedRead(live, revision, now, self._valid_until(live, now))
                     self.l1.put(ck, read)
-                    reads.append((ck, read))
+                    if through:
+                        reads.append((ck, read))
+                    else:
+                        marks.append((ck, revision))
                 else:  # saved without its value: only announce the change
                     self.l1.invalidate(ck, revision)
                     marks.append((ck, revision))
@@ -274,21 +276,15 @@ class TwoLevelCache:
         limit = MAX_MESSAGE_BYTES
         if self.l2 is None and self.notifier is not None:
             limit = self.notifier.max_message_bytes
-        payload: dict[Space, list[bytes]] = {}
-        for space, revision, keys in changed:
-            payload.setdefault(space, []).extend(
-                messages(self.origin, space, revision, keys, limit)
-            )
-        if self.l2 is not None:
-            # One script call per space: its items, then its messages; one round trip.
-            by_space = {space: Group(publish=sent) for space, sent in payload.items()}
-            for ck, read in reads:
-                _group(by_space, ck).reads.append((ck, read))
-            for ck, revision in marks:
-                _group(by_space, ck).marks.append((ck, revision))
-            await self.l2.store_groups(list(by_space.values()))
+        payload = [
+            message
+            for space, revision, keys in changed
+            for message in messages(self.origin, space, revision, keys, limit)
+        ]
+        if self.l2 is not None:  # items, then messages: one script call, one round trip
+            await self.l2.store(reads, marks=marks, publish=payload)
         elif self.notifier is not None:
-            await self.notifier.publish([m for sent in payload.values() for m in sent])
+            await self.notifier.publish(payload)
 
     async def unknown(self, space: Space, revision: int, keys: Sequence[str]) -> None:
         """Markers at ``revision`` here and in Redis, and an announcement: older reads are

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import redis.asyncio as redis
@@ -30,21 +29,28 @@ from tmcp_storage_server.store.l1 import CachedRead, CacheKey, marker_rank, read
 SOCKET_TIMEOUT = 0.5
 """Seconds any Redis call may take before Redis counts as unreachable."""
 
-# KEYS the items; ARGV[1] the channel, ARGV[2] the number m of messages, ARGV[3..2+m]
-# the messages, then per item: rank, read_at_ms, valid_until_ms, data, retain_ms. Each
-# item is set unless Redis holds a higher rank; then the messages are published (after
-# the items, so that a process that hears one and reads Redis finds the new item).
+# KEYS the items; ARGV[1] the channel, ARGV[2] the number m of messages, ARGV[3] the
+# retention (ms), ARGV[4..3+m] the messages, then one argument per item: "rank read_at_ms
+# valid_until_ms data" (one argument, not four: packing arguments is most of the client's
+# cost of a large batch). Each item is set unless Redis holds a higher rank; then the
+# messages are published (after the items, so that a process that hears one and reads
+# Redis finds the new item).
 _STORE = """
 local m = tonumber(ARGV[2])
 for i, key in ipairs(KEYS) do
-  local a = 2 + m + (i - 1) * 5
+  local item = ARGV[3 + m + i]
+  local a = string.find(item, ' ', 1, true)
+  local b = string.find(item, ' ', a + 1, true)
+  local c = string.find(item, ' ', b + 1, true)
+  local rank = string.sub(item, 1, a - 1)
   local cur = tonumber(redis.call('HGET', key, 'k') or '-1')
-  if cur <= tonumber(ARGV[a + 1]) then
-    redis.call('HSET', key, 'k', ARGV[a + 1], 't', ARGV[a + 2], 'u', ARGV[a + 3], 'd', ARGV[a + 4])
-    redis.call('PEXPIRE', key, ARGV[a + 5])
+  if cur <= tonumber(rank) then
+    redis.call('HSET', key, 'k', rank, 't', string.sub(item, a + 1, b - 1),
+      'u', string.sub(item, b + 1, c - 1), 'd', string.sub(item, c + 1))
+    redis.call('PEXPIRE', key, ARGV[3])
   end
 end
-for j = 1, m do redis.call('PUBLISH', ARGV[1], ARGV[2 + j]) end
+for j = 1, m do redis.call('PUBLISH', ARGV[1], ARGV[3 + j]) end
 return 1
 """
 
@@ -109,15 +115,6 @@ def decode_entry(key: str, data: bytes) -> Entry:
     )
 
 
-@dataclass(slots=True)
-class Group:
-    """What one script call stores (a space's): markers, reads, then messages."""
-
-    reads: list[tuple[CacheKey, CachedRead]] = field(default_factory=list)
-    marks: list[tuple[CacheKey, int]] = field(default_factory=list)
-    publish: list[bytes] = field(default_factory=list)
-
-
 class RedisL2:
     """Items in Redis under ``prefix``; invalidations published on ``channel``."""
 
@@ -149,51 +146,35 @@ class RedisL2:
         publish: Sequence[bytes] = (),
     ) -> None:
         """Markers for keys changed at revisions with values unknown (``marks``) and each
-        read, unless Redis holds a newer one; then the messages of ``publish``."""
-        await self.store_groups([Group(list(reads), list(marks), list(publish))])
+        read, unless Redis holds a newer one; then the messages of ``publish``: one
+        script call, one round trip."""
+        if not reads and not marks and not publish:
+            return
+        keys = [self.redis_key(key) for key, _ in marks]
+        args: list[bytes | int] = [self.channel.encode(), len(publish), self._retain_ms]
+        args += publish
+        args += (b"%d 0 0 " % marker_rank(revision) for _, revision in marks)
+        for key, read in reads:
+            keys.append(self.redis_key(key))
+            head = b"%d %d %d " % (
+                read_rank(read.revision),
+                _ms(read.read_at),
+                _ms(read.valid_until),
+            )
+            args.append(head if read.entry is None else head + encode_entry(read.entry))
+        # EVALSHA straight away: a registered script makes redis-py ask SCRIPT EXISTS
+        # first, one more round trip on every write. After a Redis restart or SCRIPT FLUSH
+        # the answer is NOSCRIPT: load it and call again (setting newer items is
+        # idempotent; an invalidation heard twice is harmless).
+        try:
+            await self.client.evalsha(self._store.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.client.script_load(_STORE)
+            await self.client.evalsha(self._store.sha, len(keys), *keys, *args)
 
     async def mark(self, changes: Sequence[tuple[CacheKey, int]], publish: Sequence[bytes]) -> None:
         """Markers for keys changed at revisions (values unknown), then the messages."""
-        await self.store_groups([Group([], list(changes), list(publish))])
-
-    async def store_groups(self, groups: Sequence[Group]) -> None:
-        """``store`` for each group (a space's keys and messages): one script call per
-        group, all in one round trip."""
-        calls: list[tuple[list[bytes], list[bytes | int]]] = []
-        for group in groups:
-            keys = [self.redis_key(key) for key, _ in group.marks]
-            args: list[bytes | int] = [self.channel.encode(), len(group.publish), *group.publish]
-            for _, revision in group.marks:
-                args += (marker_rank(revision), 0, 0, b"", self._retain_ms)
-            for key, read in group.reads:
-                keys.append(self.redis_key(key))
-                data = b"" if read.entry is None else encode_entry(read.entry)
-                args += (
-                    read_rank(read.revision),
-                    _ms(read.read_at),
-                    _ms(read.valid_until),
-                    data,
-                    self._retain_ms,
-                )
-            if keys or group.publish:
-                calls.append((keys, args))
-        if not calls:
-            return
-        # EVALSHA straight away: a registered script in a pipeline makes redis-py ask
-        # SCRIPT EXISTS first, one more round trip on every write. After a Redis restart
-        # or SCRIPT FLUSH the answer is NOSCRIPT: load it and send the pipeline again
-        # (setting newer items is idempotent; an invalidation heard twice is harmless).
-        for attempt in range(2):
-            async with self.client.pipeline(transaction=False) as pipe:
-                for keys, args in calls:
-                    pipe.evalsha(self._store.sha, len(keys), *keys, *args)
-                try:
-                    await pipe.execute()
-                    return
-                except NoScriptError:
-                    if attempt:
-                        raise
-            await self.client.script_load(_STORE)
+        await self.store((), marks=changes, publish=publish)
 
     async def forget_all(self) -> int:
         """Delete every item under the prefix (only ours); returns how many."""
