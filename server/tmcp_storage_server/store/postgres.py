@@ -23,6 +23,7 @@ share the first round trip. Driver errors that mean "database unreachable" becom
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -119,33 +120,60 @@ def _owners(rows: Sequence[tuple[Space, Any]], users: str, apps: str) -> dict[st
 
 
 def _save_params(saves: Mapping[Space, _PendingSave]) -> dict[str, Any]:
-    rows = [(space, e) for space, save in saves.items() for e in save.entries.values()]
-    changes = [(space, c) for space, save in saves.items() for c in save.changes]
-    packed = [(None, codec.RAW) if e.value is None else codec.pack_value(e.value) for _, e in rows]
+    entries: list[tuple[Any, ...]] = []
+    changes: list[tuple[Any, ...]] = []
+    values: list[bytes] = []
+    offset = 1  # substr counts from 1
+    stamps: dict[datetime, str] = {}  # a batch shares a few moments
+
+    def stamp(moment: datetime | None) -> str | None:
+        if moment is None:
+            return None
+        text = stamps.get(moment)
+        if text is None:
+            text = stamps[moment] = moment.isoformat()
+        return text
+
+    for space, save in saves.items():
+        user, app = space.user_id, space.app_id
+        for e in save.entries.values():
+            value, packing = (None, codec.RAW) if e.value is None else codec.pack_value(e.value)
+            if value is None:
+                at = length = None
+            else:
+                at, length = offset, len(value)
+                values.append(value)
+                offset += length
+            entries.append(
+                (
+                    user,
+                    app,
+                    e.key,
+                    packing,
+                    e.content_type,
+                    e.version,
+                    e.create_revision,
+                    e.mod_revision,
+                    stamp(e.created_at),
+                    stamp(e.updated_at),
+                    stamp(e.expires_at),
+                    e.size,
+                    e.checksum,
+                    dict(e.metadata),
+                    e.deleted,
+                    at,
+                    length,
+                )
+            )
+        changes += (
+            (user, app, c.revision, c.key, int(c.op), c.version, c.client_id, c.mutation_id)
+            for c in save.changes
+        )
     return {
         "now": datetime.now(UTC),
-        **_owners(rows, "entry_users", "entry_apps"),
-        "keys": [e.key for _, e in rows],
-        "values": [p[0] for p in packed],
-        "codecs": [p[1] for p in packed],
-        "content_types": [e.content_type for _, e in rows],
-        "versions": [e.version for _, e in rows],
-        "create_revisions": [e.create_revision for _, e in rows],
-        "mod_revisions": [e.mod_revision for _, e in rows],
-        "created": [e.created_at for _, e in rows],
-        "updated": [e.updated_at for _, e in rows],
-        "expires": [e.expires_at for _, e in rows],
-        "sizes": [e.size for _, e in rows],
-        "checksums": [e.checksum for _, e in rows],
-        "metadata": [codec.pack_metadata(e.metadata) for _, e in rows],
-        "deleted": [e.deleted for _, e in rows],
-        **_owners(changes, "change_users", "change_apps"),
-        "change_revisions": [c.revision for _, c in changes],
-        "change_keys": [c.key for _, c in changes],
-        "ops": [int(c.op) for _, c in changes],
-        "change_versions": [c.version for _, c in changes],
-        "client_ids": [c.client_id for _, c in changes],
-        "mutation_ids": [c.mutation_id for _, c in changes],
+        "entries": json.dumps(entries, separators=(",", ":")),
+        "values": b"".join(values),
+        "changes": json.dumps(changes, separators=(",", ":")),
         **_owners([(s, None) for s in saves], "user_ids", "app_ids"),
         "revisions": [save.revision for save in saves.values()],
         "used_bytes": [save.used_bytes for save in saves.values()],
