@@ -59,6 +59,14 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / _TICKS
 
 
+def pin(pid: int, cpus: str) -> None:
+    """Run every thread of ``pid`` and its descendants on ``cpus`` only."""
+    for each in process_tree(pid):
+        subprocess.run(
+            ["taskset", "-a", "-p", "-c", cpus, str(each)], check=True, capture_output=True
+        )
+
+
 def peak_rss_mib(pids: list[int]) -> float:
     """The largest peak resident set (VmHWM) among these processes, in MiB."""
     peak = 0
@@ -84,6 +92,8 @@ class Load:
     streams: int = 4
     duration: float = 5.0
     warm_up: float = 1.0
+    cpus: str = ""
+    """If set, h2load runs on these CPUs only (``taskset -c``)."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,8 @@ def run(load: Load, server_pid: int | None) -> Result:
                 f"--log-file={log_path}",
                 f"http://127.0.0.1:{load.port}{load.path}",
             ]
+            if load.cpus:
+                command = ["taskset", "-c", load.cpus, *command]
             procs.append(subprocess.Popen(command, stdout=subprocess.PIPE, text=True))
         pids = process_tree(server_pid) if server_pid else []
         time.sleep(load.warm_up)

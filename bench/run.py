@@ -278,7 +278,7 @@ def check_grpc_status(scenario: Scenario) -> None:
         call(body, metadata=(("authorization", "Bearer " + token(APP, "u0")),), timeout=10)
 
 
-def measure(row: Scenario, duration: float) -> h2.Result:
+def measure(row: Scenario, duration: float, cpus: str = "") -> h2.Result:
     connections, streams = IN_FLIGHT_PER_SPACE
     if row.spaces != SPACES:  # the same calls in flight, spread over more spaces
         connections, streams = 1, connections * streams * SPACES // row.spaces
@@ -290,8 +290,49 @@ def measure(row: Scenario, duration: float) -> h2.Result:
         connections=connections,
         streams=streams,
         duration=duration,
+        cpus=cpus,
     )
     return h2.run(load, row.target.pid)
+
+
+PINNED_PAIRS = (
+    ("Get hot / echo", ("echo", "Get"), ("w1 L1+Redis", "Get")),
+    ("Put 100 B / floor", ("floor", "Put 100 B"), ("w1 L1+Redis", "Put 100 B")),
+    (
+        "BatchSet entries / Put",
+        ("w1 L1+Redis", "Put 100 B"),
+        ("w1 L1+Redis", "BatchSet 100 x 100 B"),
+    ),
+)
+"""The targets' ratios, measured again pinned (servers on CPU 1, h2load on CPU 0) as
+back-to-back pairs, so that the machine's drift between rows cannot skew them."""
+
+
+def pinned(rows: list[Scenario], pairs: int, duration: float) -> None:
+    """Each target's ratio from ``pairs`` back-to-back pinned runs (A B A B ...)."""
+    by_name = {(row.target.name, row.name): row for row in rows}
+    print(f"\npinned (servers on CPU 1, h2load on CPU 0; PostgreSQL unpinned), {pairs} pairs")
+    print(f"{'ratio':<24} {'A calls/s':>18} {'B calls/s':>18} {'B/A median [min-max]':>26}")
+    for label, first, second in PINNED_PAIRS:
+        a, b = by_name[first], by_name[second]
+        servers = {a.target.pid, b.target.pid}
+        try:
+            for pid in servers:
+                h2.pin(pid or 0, "1")
+            ratios, a_rates, b_rates = [], [], []
+            for _ in range(pairs):
+                ra = measure(a, duration, cpus="0").calls_per_s * a.items_per_call
+                rb = measure(b, duration, cpus="0").calls_per_s * b.items_per_call
+                a_rates.append(ra)
+                b_rates.append(rb)
+                ratios.append(rb / ra)
+        finally:
+            for pid in servers:
+                h2.pin(pid or 0, f"0-{(os.cpu_count() or 1) - 1}")
+        print(
+            f"{label:<24} {fmt_range(a_rates):>18} {fmt_range(b_rates):>18} "
+            f"{fmt_range(ratios, 2):>26}"
+        )
 
 
 def fmt_range(values: list[float], digits: int = 0) -> str:
@@ -336,10 +377,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=int, default=5, help="seconds per run")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=5, help="pinned back-to-back pairs")
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s (smoke test)")
     args = parser.parse_args()
     if args.quick:
-        args.duration, args.rounds = 2, 1
+        args.duration, args.rounds, args.pairs = 2, 1, 1
     in_flight = SPACES * IN_FLIGHT_PER_SPACE[0] * IN_FLIGHT_PER_SPACE[1]
     print(
         f"{SPACES} spaces x {IN_FLIGHT_PER_SPACE[0]} connections x "
@@ -384,6 +426,8 @@ def main() -> None:
             for target in (echo, floor, *storage_targets):
                 target.rss_mib = h2.peak_rss_mib(h2.process_tree(target.pid or 0))
             report(rows, direct_rows, [echo, floor, *storage_targets])
+            if (os.cpu_count() or 1) >= 2:
+                pinned(rows, args.pairs, min(args.duration, 3))
             for server in servers:
                 server.stop()
             servers.clear()
