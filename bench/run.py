@@ -308,6 +308,11 @@ PINNED_PAIRS = (
 back-to-back pairs, so that the machine's drift between rows cannot skew them."""
 
 
+def _pid(target: Target) -> int:
+    assert target.pid, f"{target.name}: no pid to pin"  # pid 0 would mean every process
+    return target.pid
+
+
 def pinned(rows: list[Scenario], pairs: int, duration: float) -> None:
     """Each target's ratio from ``pairs`` back-to-back pinned runs (A B A B ...)."""
     by_name = {(row.target.name, row.name): row for row in rows}
@@ -315,10 +320,10 @@ def pinned(rows: list[Scenario], pairs: int, duration: float) -> None:
     print(f"{'ratio':<24} {'A calls/s':>18} {'B calls/s':>18} {'B/A median [min-max]':>26}")
     for label, first, second in PINNED_PAIRS:
         a, b = by_name[first], by_name[second]
-        servers = {a.target.pid, b.target.pid}
+        servers = {_pid(a.target), _pid(b.target)}
         try:
             for pid in servers:
-                h2.pin(pid or 0, "1")
+                h2.pin(pid, "1")
             ratios, a_rates, b_rates = [], [], []
             for _ in range(pairs):
                 ra = measure(a, duration, cpus="0").calls_per_s * a.items_per_call
@@ -328,7 +333,7 @@ def pinned(rows: list[Scenario], pairs: int, duration: float) -> None:
                 ratios.append(rb / ra)
         finally:
             for pid in servers:
-                h2.pin(pid or 0, f"0-{(os.cpu_count() or 1) - 1}")
+                h2.pin(pid, f"0-{(os.cpu_count() or 1) - 1}")
         print(
             f"{label:<24} {fmt_range(a_rates):>18} {fmt_range(b_rates):>18} "
             f"{fmt_range(ratios, 2):>26}"

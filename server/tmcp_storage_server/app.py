@@ -291,7 +291,7 @@ class App:
             ("mutual TLS" if config.tls_client_ca else "TLS") if config.tls else "plaintext",
             "sqlite " + config.sqlite_path if config.embedded else "postgresql",
         )
-        log.info("metrics: %s", metrics_at())
+        log.info("metrics: %s", metrics_at)
         return app
 
     async def _set_serving(self, serving: bool) -> None:
@@ -382,9 +382,6 @@ class App:
         await self._feed.stop()
         await self._repository.close()
         if self.cache is not None:
-            if self.cache.l2 is not None:
-                await self.cache.l2.close()
-            if self.cache.notifier is not None:
-                await self.cache.notifier.close()
+            await self.cache.close()
             log.info("cache stats: %s", self.cache.stats.line())
         log.info("stopped")

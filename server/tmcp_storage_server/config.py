@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tmcp_storage_server import tls_files
+from tmcp_storage_server import logs, tls_files
 from tmcp_storage_server.model import ConflictStrategy, QuotaLimits
 
 MIB = 1024 * 1024
@@ -176,7 +176,9 @@ class Config:
             keepalive_min_ping=_float(values, "STORAGE_KEEPALIVE_MIN_PING", d.keepalive_min_ping),
             write_rate=_rate(values, "STORAGE_WRITE_RATE", d.write_rate),
             write_burst=_int(values, "STORAGE_WRITE_BURST", d.write_burst),
-            web_listen=parse_web_listen(values.get("STORAGE_WEB_LISTEN", d.web_listen)),
+            web_listen=parse_listen(
+                "STORAGE_WEB_LISTEN", values.get("STORAGE_WEB_LISTEN", d.web_listen)
+            ),
             web_origins=parse_origins(values.get("STORAGE_WEB_ORIGINS", "")),
             metrics_listen=values.get("STORAGE_METRICS_LISTEN", d.metrics_listen).strip(),
             log_format=values.get("STORAGE_LOG_FORMAT", d.log_format).strip().lower(),
@@ -220,10 +222,8 @@ _DEFAULTS = Config()
 
 
 def _check_observability(config: Config) -> None:
-    listen = config.metrics_listen
-    if listen and (":" not in listen or not listen.rsplit(":", 1)[1].isdigit()):
-        raise ConfigError(f"STORAGE_METRICS_LISTEN must be host:port or empty, not {listen!r}")
-    if config.log_format not in ("json", "text"):
+    parse_listen("STORAGE_METRICS_LISTEN", config.metrics_listen)
+    if config.log_format not in logs.FORMATS:
         raise ConfigError(f"STORAGE_LOG_FORMAT must be json or text, not {config.log_format!r}")
 
 
@@ -264,11 +264,12 @@ def _rate(values: Mapping[str, str], name: str, default: float) -> float:
     return result
 
 
-def parse_web_listen(text: str) -> str:
-    """``STORAGE_WEB_LISTEN``: "" (off) or host:port."""
+def parse_listen(name: str, text: str) -> str:
+    """An optional listening address (``STORAGE_WEB_LISTEN``, ``..._METRICS_LISTEN``):
+    "" (off) or host:port."""
     listen = text.strip()
     if listen and (":" not in listen or not listen.rsplit(":", 1)[1].isdigit()):
-        raise ConfigError(f"STORAGE_WEB_LISTEN must be host:port or empty, not {listen!r}")
+        raise ConfigError(f"{name} must be host:port or empty, not {listen!r}")
     return listen
 
 

@@ -111,6 +111,12 @@ class FailedPrecondition(StorageError):
     default_reason = "FAILED_PRECONDITION"
 
 
+QUOTA_BYTES = "QUOTA_BYTES"
+QUOTA_KEYS = "QUOTA_KEYS"
+QUOTA_REASONS = (QUOTA_BYTES, QUOTA_KEYS)
+"""The reasons of ``QuotaExceeded``: the limit in bytes, or in keys, was reached."""
+
+
 class QuotaExceeded(StorageError):
     """The write would take the space over its byte or key limit."""
 
@@ -121,7 +127,7 @@ class QuotaExceeded(StorageError):
             limit, used = usage.limit_keys, usage.used_keys
         super().__init__(
             f"space quota exceeded: {used} of {limit} {kind} used, the write needs {requested}",
-            reason="QUOTA_BYTES" if kind == "bytes" else "QUOTA_KEYS",
+            reason=QUOTA_BYTES if kind == "bytes" else QUOTA_KEYS,
             metadata={"limit": str(limit), "used": str(used), "requested": str(requested)},
         )
         self.kind = kind
@@ -195,7 +201,7 @@ def from_rejection(stored: Rejection) -> StorageError:
     if isinstance(error, InvalidArgument):
         error.field = stored.metadata.get("field", "")
     if isinstance(error, QuotaExceeded):
-        error.kind = "bytes" if stored.reason == "QUOTA_BYTES" else "keys"
+        error.kind = "bytes" if stored.reason == QUOTA_BYTES else "keys"
     return error
 
 

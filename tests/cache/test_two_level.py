@@ -68,7 +68,7 @@ async def test_get_many_reads_what_another_process_wrote_from_redis(
     a, b = caches
     db = Loader()
     written = [db.write(f"k{i}", f"v{i}".encode()) for i in range(5)]
-    await a.written(SPACE, db.revision, written)
+    await a.written_many([(SPACE, db.revision, written)])
 
     async def load(keys: Sequence[str]) -> tuple[Mapping[str, Entry], int]:
         return await db.many(keys)
@@ -81,7 +81,7 @@ async def test_get_many_reads_what_another_process_wrote_from_redis(
     assert set(found) == {"k0"} and db.calls == 1 and b.stats.l1_hits == 2
 
     # A overwrites k0: B drops its copy when the invalidation arrives, then reads Redis.
-    await a.written(SPACE, db.revision + 1, [db.write("k0", b"new")])
+    await a.written_many([(SPACE, db.revision + 1, [db.write("k0", b"new")])])
 
     async def b_sees_new() -> bool:
         found, _ = await b.get_many(SPACE, ["k0"], load)
@@ -99,7 +99,9 @@ async def test_a_bulk_write_marks_redis_instead_of_storing_its_values(
     old = [db.write(f"k{i}", b"old") for i in range(WRITE_THROUGH_MAX + 1)]
     stale_revision = db.revision
     new = [db.write(e.key, b"new") for e in old]
-    await a.written(SPACE, db.revision, new)  # one commit, more than WRITE_THROUGH_MAX keys
+    await a.written_many(
+        [(SPACE, db.revision, new)]
+    )  # one commit, more than WRITE_THROUGH_MAX keys
     keys = [e.key for e in new]
     found, _ = await a.get_many(SPACE, keys, db.many)
     assert {e.value for e in found.values()} == {b"new"} and db.calls == 0  # A's own L1

@@ -33,6 +33,10 @@ class Scrape:
             if sample == name and all(have.get(k) == v for k, v in labels.items())
         ]
 
+    def since(self, before: Scrape, name: str, **labels: str) -> float:
+        """How much ``name`` (with ``labels``) grew since ``before``."""
+        return self.total(name, **labels) - before.total(name, **labels)
+
     def total(self, name: str, **labels: str) -> float:
         """The sum of the matching samples (0 when none)."""
         return sum(value for _, value in self.matching(name, **labels))
@@ -42,12 +46,21 @@ class Scrape:
         return bool(self.matching(name, **labels))
 
 
+_URLS: dict[str, str] = {}
+"""Metrics addresses found so far, by server log (a started server's log is its own)."""
+
+
 def metrics_url(server: ServerProcess) -> str:
-    """The address the server logged for its metrics endpoint."""
+    """The address the server logged for its metrics endpoint (the log read until found,
+    once per server)."""
+    known = _URLS.get(server.log_path)
+    if known is not None:
+        return known
     deadline = time.monotonic() + 10
     while True:
         found = _METRICS_URL.search(server.log())
         if found:
+            _URLS[server.log_path] = found.group(1)
             return found.group(1)
         assert time.monotonic() < deadline, "no metrics address logged:\n" + server.log()
         time.sleep(0.05)
@@ -70,3 +83,10 @@ def wait_for(server: ServerProcess, check: Callable[[Scrape], bool], what: str) 
             return result
         assert time.monotonic() < deadline, f"{what}; last scrape:\n{result.text}"
         time.sleep(0.05)
+
+
+def wait_for_more(
+    server: ServerProcess, before: Scrape, name: str, what: str, **labels: str
+) -> Scrape:
+    """Scrape until ``name`` (with ``labels``) totals more than in ``before``."""
+    return wait_for(server, lambda s: s.total(name, **labels) > before.total(name, **labels), what)

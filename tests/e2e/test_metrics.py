@@ -22,7 +22,7 @@ from tmcp_storage import Client, Mutation, NotFound, QuotaExceeded, RateLimited,
 
 from tests.e2e.conftest import own_server
 from tests.e2e.harness import ServerProcess, token
-from tests.e2e.metrics_scrape import metrics_url, scrape, wait_for
+from tests.e2e.metrics_scrape import metrics_url, scrape, wait_for, wait_for_more
 from tests.e2e.wire import bearer
 
 KV = {"grpc_service": "tmcp.storage.v1.KeyValue", "grpc_type": "unary"}
@@ -58,27 +58,29 @@ def test_rpcs_are_counted_by_method_and_code(metered: ServerProcess, kv: Client)
         kv.get("absent")
     # An error reaches the client while its handler unwinds: the count follows at once.
     not_found = {"grpc_method": "Get", "grpc_code": "NOT_FOUND", **KV}
-    after = wait_for(
-        metered,
-        lambda s: (
-            s.total("grpc_server_handled_total", **not_found)
-            > before.total("grpc_server_handled_total", **not_found)
-        ),
-        "NOT_FOUND is not counted",
+    after = wait_for_more(
+        metered, before, "grpc_server_handled_total", "NOT_FOUND is not counted", **not_found
     )
-
-    def delta(name: str, **labels: str) -> float:
-        return after.total(name, **labels) - before.total(name, **labels)
-
-    assert delta("grpc_server_started_total", grpc_method="Put", **KV) == 3
-    assert delta("grpc_server_handled_total", grpc_method="Put", grpc_code="OK", **KV) == 3
-    assert delta("grpc_server_started_total", grpc_method="Get", **KV) == 3
-    assert delta("grpc_server_handled_total", grpc_method="Get", grpc_code="OK", **KV) == 2
-    assert delta("grpc_server_handled_total", grpc_method="Get", grpc_code="NOT_FOUND", **KV) == 1
-    assert delta("grpc_server_msg_received_total", grpc_method="Get", **KV) == 3
-    assert delta("grpc_server_msg_sent_total", grpc_method="Get", **KV) == 2
-    assert delta("grpc_server_handling_seconds_count", grpc_method="Get", **KV) == 3
-    assert delta("grpc_server_handling_seconds_sum", grpc_method="Get", **KV) > 0
+    assert after.since(before, "grpc_server_started_total", grpc_method="Put", **KV) == 3
+    assert (
+        after.since(before, "grpc_server_handled_total", grpc_method="Put", grpc_code="OK", **KV)
+        == 3
+    )
+    assert after.since(before, "grpc_server_started_total", grpc_method="Get", **KV) == 3
+    assert (
+        after.since(before, "grpc_server_handled_total", grpc_method="Get", grpc_code="OK", **KV)
+        == 2
+    )
+    assert (
+        after.since(
+            before, "grpc_server_handled_total", grpc_method="Get", grpc_code="NOT_FOUND", **KV
+        )
+        == 1
+    )
+    assert after.since(before, "grpc_server_msg_received_total", grpc_method="Get", **KV) == 3
+    assert after.since(before, "grpc_server_msg_sent_total", grpc_method="Get", **KV) == 2
+    assert after.since(before, "grpc_server_handling_seconds_count", grpc_method="Get", **KV) == 3
+    assert after.since(before, "grpc_server_handling_seconds_sum", grpc_method="Get", **KV) > 0
     buckets = after.matching("grpc_server_handling_seconds_bucket", grpc_method="Get", **KV)
     counts = [value for _, value in buckets]
     assert counts == sorted(counts) and buckets[-1][0]["le"] == "+Inf"
@@ -172,24 +174,19 @@ def test_quota_rejections_and_push_outcomes(metered: ServerProcess, kv: Client) 
     )
     assert [o.result.name for o in result.outcomes] == ["APPLIED", "REJECTED"]
     exhausted = {"grpc_method": "Put", "grpc_code": "RESOURCE_EXHAUSTED", **KV}
-    after = wait_for(
+    after = wait_for_more(
         metered,
-        lambda s: (
-            s.total("grpc_server_handled_total", **exhausted)
-            > before.total("grpc_server_handled_total", **exhausted)
-        ),
+        before,
+        "grpc_server_handled_total",
         "RESOURCE_EXHAUSTED is not counted",
+        **exhausted,
     )
-
-    def delta(name: str, **labels: str) -> float:
-        return after.total(name, **labels) - before.total(name, **labels)
-
-    assert delta("tmcp_storage_quota_rejections_total", reason="QUOTA_KEYS") == 2
-    assert delta("tmcp_storage_quota_rejections_total", reason="QUOTA_BYTES") == 0
-    assert delta("tmcp_storage_push_outcomes_total", status="APPLIED") == 1
-    assert delta("tmcp_storage_push_outcomes_total", status="REJECTED") == 1
-    assert delta("tmcp_storage_push_outcomes_total", status="CONFLICT") == 0
-    assert delta("grpc_server_handled_total", **exhausted) == 1
+    assert after.since(before, "tmcp_storage_quota_rejections_total", reason="QUOTA_KEYS") == 2
+    assert after.since(before, "tmcp_storage_quota_rejections_total", reason="QUOTA_BYTES") == 0
+    assert after.since(before, "tmcp_storage_push_outcomes_total", status="APPLIED") == 1
+    assert after.since(before, "tmcp_storage_push_outcomes_total", status="REJECTED") == 1
+    assert after.since(before, "tmcp_storage_push_outcomes_total", status="CONFLICT") == 0
+    assert after.since(before, "grpc_server_handled_total", **exhausted) == 1
 
 
 def test_only_metrics_is_served(metered: ServerProcess) -> None:

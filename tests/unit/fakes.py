@@ -16,11 +16,17 @@ from tmcp_storage_server.model import (
     ChangeOp,
     Entry,
     LimitOverrides,
+    Principal,
+    Scope,
     Space,
     SpaceState,
     UsageDetail,
 )
 from tmcp_storage_server.store.one_space import OneSpaceMixin
+
+SPACE = Space("app", "alice")
+ALICE = Principal("alice", "app", frozenset({Scope.READ, Scope.WRITE}))
+"""The space and the user most core tests write as."""
 
 
 class FakeClock:

@@ -53,7 +53,7 @@ async def test_writes_are_announced_and_others_invalidations_applied() -> None:
     clock, db, notifier = Clock(), Loader(), FakeNotifier()
     cache = _cache(clock, notifier)
     await cache.channel_reachable()
-    await cache.written(SPACE, 1, [db.write("a", b"1")])
+    await cache.written_many([(SPACE, 1, [db.write("a", b"1")])])
     assert [(m.revision, m.keys) for m in notifier.sent] == [(1, ("a",))]
     cache.apply(notifier.sent[0])  # our own message, heard back: ignored
     assert cache.stats.invalidations_received == 0
@@ -72,7 +72,7 @@ async def test_a_channel_outage_ages_items_and_recovery_flushes_and_announces() 
     db.write("a", b"1")
     await cache.get(SPACE, "a", lambda: db.one("a"))
     notifier.down = True
-    await cache.written(SPACE, 2, [db.write("b", b"1")])  # cannot announce: remembered
+    await cache.written_many([(SPACE, 2, [db.write("b", b"1")])])  # cannot announce: remembered
     assert not cache.channel_up and cache.stats.channel_errors == 1
     clock.now += 2.0  # max age while the channel is down
     await cache.get(SPACE, "a", lambda: db.one("a"))

@@ -10,23 +10,11 @@ from tmcp_storage_server.core.commands import PutCommand
 from tmcp_storage_server.core.kv import KeyValueService
 from tmcp_storage_server.core.writes import Writer
 from tmcp_storage_server.errors import InvalidArgument, PermissionDenied, QuotaExceeded
-from tmcp_storage_server.model import Principal, QuotaLimits, Scope, Space
+from tmcp_storage_server.model import Principal, QuotaLimits, Scope
 
-from tests.unit.fakes import FakeClock, FakeRepository
+from tests.unit.fakes import ALICE, SPACE, FakeClock, FakeRepository
 
-SPACE = Space("app", "alice")
-ALICE = Principal("alice", "app", frozenset({Scope.READ, Scope.WRITE}))
 OPERATOR = Principal("ops", "", frozenset({Scope.OPERATOR}))
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def repo() -> FakeRepository:
-    return FakeRepository()
 
 
 @pytest.fixture

@@ -13,14 +13,11 @@ from tmcp_storage_server.core.commands import PutCommand
 from tmcp_storage_server.core.kv import KeyValueService
 from tmcp_storage_server.core.writes import Writer
 from tmcp_storage_server.errors import QuotaExceeded, Unavailable, VersionMismatch
-from tmcp_storage_server.model import Principal, QuotaLimits, Scope, Space
+from tmcp_storage_server.model import QuotaLimits, Space
 from tmcp_storage_server.store.cache import CacheSettings, TwoLevelCache
 from tmcp_storage_server.store.l1 import L1Cache
 
-from tests.unit.fakes import FakeClock, FakeRepository
-
-SPACE = Space("app", "alice")
-ALICE = Principal("alice", "app", frozenset({Scope.READ, Scope.WRITE}))
+from tests.unit.fakes import ALICE, SPACE, FakeClock, FakeRepository
 
 
 async def test_eventual_reads_use_the_cache_strong_reads_and_cas_the_database() -> None:

@@ -11,15 +11,7 @@ from tmcp_storage_server.core.writes import Writer
 from tmcp_storage_server.errors import QuotaExceeded, Unavailable, VersionMismatch
 from tmcp_storage_server.model import ChangeOp, Principal, QuotaLimits, Scope, Space
 
-from tests.unit.fakes import FakeClock, FakeRepository
-
-SPACE = Space("app", "alice")
-ALICE = Principal("alice", "app", frozenset({Scope.READ, Scope.WRITE}))
-
-
-@pytest.fixture
-def repo() -> FakeRepository:
-    return FakeRepository()
+from tests.unit.fakes import ALICE, SPACE, FakeClock, FakeRepository
 
 
 @pytest.fixture

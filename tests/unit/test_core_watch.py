@@ -14,12 +14,10 @@ from tmcp_storage_server.core.kv import KeyValueService
 from tmcp_storage_server.core.watch import WatchEvent, WatchService, WatchSettings
 from tmcp_storage_server.core.writes import Writer
 from tmcp_storage_server.errors import Unavailable
-from tmcp_storage_server.model import Principal, QuotaLimits, Scope, Space
+from tmcp_storage_server.model import QuotaLimits, Space
 
-from tests.unit.fakes import FakeClock, FakeRepository
+from tests.unit.fakes import ALICE, SPACE, FakeClock, FakeRepository
 
-SPACE = Space("app", "alice")
-ALICE = Principal("alice", "app", frozenset({Scope.READ, Scope.WRITE}))
 LIMITS = QuotaLimits(10**7, 10_000, 2**20)
 
 

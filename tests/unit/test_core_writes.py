@@ -15,22 +15,9 @@ from tmcp_storage_server.errors import (
     QuotaExceeded,
     VersionMismatch,
 )
-from tmcp_storage_server.model import ChangeOp, Principal, QuotaLimits, Scope, Space
+from tmcp_storage_server.model import ChangeOp, QuotaLimits
 
-from tests.unit.fakes import FakeClock, FakeRepository
-
-SPACE = Space("app", "alice")
-ALICE = Principal("alice", "app", frozenset({Scope.READ, Scope.WRITE}))
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def repo() -> FakeRepository:
-    return FakeRepository()
+from tests.unit.fakes import ALICE, SPACE, FakeClock, FakeRepository
 
 
 @pytest.fixture

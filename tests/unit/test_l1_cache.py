@@ -211,10 +211,10 @@ async def test_writes_replace_and_delete_cached_reads() -> None:
     cache = two_level(clock)
     db.write("a", b"1")
     await cache.get(SPACE, "a", lambda: db.one("a"))
-    await cache.written(SPACE, db.revision + 1, [db.write("a", b"2")])
+    await cache.written_many([(SPACE, db.revision + 1, [db.write("a", b"2")])])
     found, _ = await cache.get(SPACE, "a", lambda: db.one("a"))
     assert found is not None and found.value == b"2"
-    await cache.written(SPACE, db.revision + 1, [db.write("a", None)])
+    await cache.written_many([(SPACE, db.revision + 1, [db.write("a", None)])])
     assert (await cache.get(SPACE, "a", lambda: db.one("a")))[0] is None
     assert db.calls == 1
 

@@ -12,7 +12,7 @@ from tmcp_storage_server.admin import dump
 from tmcp_storage_server.admin.parts import OPERATOR, Parts
 from tmcp_storage_server.core import validate
 from tmcp_storage_server.errors import StorageError
-from tmcp_storage_server.model import Entry, LimitOverrides, QuotaUsage, Space
+from tmcp_storage_server.model import Entry, LimitOverrides, QuotaUsage, Space, SpaceState
 
 PAGE = 1000
 
@@ -70,11 +70,13 @@ def _overrides_text(overrides: LimitOverrides) -> str:
     return ", ".join(pairs) or "none"
 
 
-async def _known(parts: Parts, space: Space) -> None:
+async def _known(parts: Parts, space: Space) -> SpaceState:
+    """The space's row; UnknownSpace when it was never written nor given limits."""
     validate.space(space)
     state = await parts.repository.space_state(space)
     if state.revision == 0 and state.space_overrides == LimitOverrides():
         raise UnknownSpace(f"space {describe(space)} does not exist")
+    return state
 
 
 async def _entries(
@@ -98,9 +100,8 @@ async def _entries(
 
 async def inspect(parts: Parts, space: Space, *, prefix: str, keys: int, top: int) -> Report:
     """Usage, limits, keys and open conflicts of one space."""
-    await _known(parts, space)
+    state = await _known(parts, space)
     usage, detail, revision = await parts.quota.get_usage(OPERATOR, space, top)
-    state = await parts.repository.space_state(space)
     listed = [e async for e, _ in _entries(parts, space, prefix, values=False, limit=keys + 1)]
     conflicts, _ = await parts.conflicts.list(
         OPERATOR, space, prefix="", include_resolved=False, page_size=100, page_token=""
@@ -244,7 +245,7 @@ async def compact(parts: Parts, *, older_than: float) -> Report:
 
 async def export(parts: Parts, space: Space, out: TextIO, *, prefix: str, raw: bool) -> Report:
     """The space's live entries as JSON lines into ``out``."""
-    await _known(parts, space)
+    state = await _known(parts, space)
     count = revision = 0
     async for entry, at in _entries(parts, space, prefix, values=True):
         if count == 0:
@@ -253,7 +254,7 @@ async def export(parts: Parts, space: Space, out: TextIO, *, prefix: str, raw: b
         dump.write_line(out, dump.entry_line(entry, raw=raw))
         count += 1
     if count == 0:
-        revision = (await parts.repository.space_state(space)).revision
+        revision = state.revision
         dump.write_line(out, dump.header(space, revision, parts.clock.now()))
     data = {"space": _space_data(space), "revision": revision, "entries": count}
     return Report(data, f"exported {count} entries of {describe(space)} at revision {revision}")

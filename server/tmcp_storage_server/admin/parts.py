@@ -89,10 +89,7 @@ async def open_parts(config: Config, *, writes: bool) -> AsyncIterator[Parts]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if cache is not None:
-            if cache.l2 is not None:
-                await cache.l2.close()
-            if cache.notifier is not None:
-                await cache.notifier.close()
+            await cache.close()
         await repository.close()
 
 

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from tmcp_storage_server.core import mutations, validate
 from tmcp_storage_server.core.access import Action, authorize
 from tmcp_storage_server.core.commands import PutCommand
+from tmcp_storage_server.core.expiry import Sweeper
 from tmcp_storage_server.core.kv import validate_put
 from tmcp_storage_server.core.ports import Clock, Repository
-from tmcp_storage_server.core.writes import Writer, build_tombstone
+from tmcp_storage_server.core.writes import Writer
 from tmcp_storage_server.errors import InvalidArgument, PermissionDenied, StorageError
-from tmcp_storage_server.model import ChangeOp, Principal, QuotaUsage, Scope, Space
+from tmcp_storage_server.model import Principal, QuotaUsage, Scope, Space
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +55,9 @@ class AdminService:
     def __init__(
         self, *, repository: Repository, writer: Writer, clock: Clock, batch: int = 100
     ) -> None:
-        self._repository = repository
         self._writer = writer
         self._clock = clock
-        self._batch = batch
+        self._sweeper = Sweeper(repository=repository, writer=writer, clock=clock, batch=batch)
 
     async def import_entries(
         self,
@@ -97,10 +97,7 @@ class AdminService:
             if replace:
                 for current in await session.load_prefix(""):
                     if current.key not in kept:
-                        tomb = build_tombstone(
-                            current, now=session.now, revision=session.next_revision, bump=True
-                        )
-                        session.stage(tomb, current, ChangeOp.DELETE)
+                        mutations.stage_delete(session, current)
                         deleted += 1
         return ImportResult(
             revision=session.revision,
@@ -115,22 +112,9 @@ class AdminService:
         every space that holds any."""
         if space is not None:
             authorize(principal, validate.space(space), Action.ADMIN)
-            swept = await self._sweep(space)
+            swept = await self._sweeper.sweep(space)
             return PurgeResult(1 if swept else 0, swept)
         if Scope.OPERATOR not in principal.scopes:
             raise PermissionDenied("purging every space needs scope storage:operator")
-        spaces = entries = 0
-        while True:
-            # One pass over what is due now; entries expiring meanwhile wait for the next.
-            due = await self._repository.spaces_with_expired(self._clock.now(), self._batch)
-            for each in due:
-                swept = await self._sweep(each)
-                spaces += 1 if swept else 0
-                entries += swept
-            if len(due) < self._batch:
-                return PurgeResult(spaces, entries)
-
-    async def _sweep(self, space: Space) -> int:
-        async with self._writer.session(space, self._clock.now()) as session:
-            pass  # opening a session sweeps the space
-        return len(session.saved)
+        spaces, entries = await self._sweeper.sweep_all()
+        return PurgeResult(spaces, entries)

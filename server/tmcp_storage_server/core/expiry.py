@@ -10,6 +10,7 @@ import logging
 
 from tmcp_storage_server.core.ports import Clock, Repository
 from tmcp_storage_server.core.writes import Writer
+from tmcp_storage_server.model import Space
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,24 @@ class Sweeper:
         """Sweep up to one batch of spaces; returns how many spaces were swept."""
         spaces = await self._repository.spaces_with_expired(self._clock.now(), self._batch)
         for space in spaces:
-            async with self._writer.session(space, self._clock.now(), cost=0):
-                pass  # opening a session sweeps the space (the server's own work: free)
+            await self.sweep(space)
         return len(spaces)
+
+    async def sweep_all(self) -> tuple[int, int]:
+        """Sweep batches until none is full: the spaces that had due entries, and how
+        many entries expired."""
+        spaces = entries = 0
+        while True:
+            due = await self._repository.spaces_with_expired(self._clock.now(), self._batch)
+            for space in due:
+                swept = await self.sweep(space)
+                spaces += 1 if swept else 0
+                entries += swept
+            if len(due) < self._batch:
+                return spaces, entries
+
+    async def sweep(self, space: Space) -> int:
+        """Sweep one space now; returns how many entries expired."""
+        async with self._writer.session(space, self._clock.now(), cost=0) as session:
+            pass  # opening a session sweeps the space (the server's own work: free)
+        return len(session.saved)

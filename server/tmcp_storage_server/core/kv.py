@@ -17,7 +17,7 @@ from tmcp_storage_server.core.commands import (
 from tmcp_storage_server.core.grouping import WriteGroups
 from tmcp_storage_server.core.pagination import PageToken
 from tmcp_storage_server.core.ports import Cache, Clock, Repository
-from tmcp_storage_server.core.writes import Writer, WriteSession, build_tombstone
+from tmcp_storage_server.core.writes import Writer, WriteSession
 from tmcp_storage_server.errors import InvalidArgument, NotFound
 from tmcp_storage_server.model import ChangeOp, Entry, Principal, Space
 
@@ -123,10 +123,7 @@ class KeyValueService:
         async with self._writer.session(space, self._clock.now()) as session:
             doomed = await session.load_prefix(prefix)
             for current in doomed:
-                tomb = build_tombstone(
-                    current, now=session.now, revision=session.next_revision, bump=True
-                )
-                session.stage(tomb, current, ChangeOp.DELETE)
+                mutations.stage_delete(session, current)
         return DeletePrefixResult(session.revision, session.usage, len(doomed))
 
     async def list(

@@ -35,6 +35,11 @@ async def delete(session: WriteSession, cmd: DeleteCommand) -> bool:
     check_version(cmd.key, current, cmd.expected_version, session.now)
     if current is None or not current.live_at(session.now):
         return False
+    stage_delete(session, current)
+    return True
+
+
+def stage_delete(session: WriteSession, current: Entry) -> None:
+    """Stage the deletion of the live entry ``current``: a tombstone under a new version."""
     tomb = build_tombstone(current, now=session.now, revision=session.next_revision, bump=True)
     session.stage(tomb, current, ChangeOp.DELETE)
-    return True

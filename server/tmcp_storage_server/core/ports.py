@@ -281,13 +281,10 @@ class Cache(Protocol):
         the answers; ``load`` is called once with the keys that missed."""
         ...
 
-    async def written(self, space: Space, revision: int, entries: Sequence[Entry]) -> None:
-        """After a commit: ``entries`` (tombstones included) are the space's state at
-        ``revision``. Updates this process's cache and tells every other process."""
-        ...
-
     async def written_many(self, commits: Sequence[Commit]) -> None:
-        """``written`` for several spaces at once (one round trip to other processes)."""
+        """After a commit: each space's ``entries`` (tombstones included) are its state at
+        its ``revision``. Updates this process's cache and tells every other process (one
+        round trip for all of them)."""
         ...
 
     async def unknown(self, space: Space, revision: int, keys: Sequence[str]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -20,12 +20,12 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from tmcp_storage_server.api.observe import BUCKETS, RpcStats
+from tmcp_storage_server.errors import QUOTA_REASONS
 from tmcp_storage_server.model import PushResult
 from tmcp_storage_server.store.cache import TwoLevelCache
 
 _RPC_LABELS = ["grpc_type", "grpc_service", "grpc_method"]
 _BOUNDS = [repr(b) for b in BUCKETS] + ["+Inf"]
-QUOTA_REASONS = ("QUOTA_BYTES", "QUOTA_KEYS")
 
 
 class RpcCollector(Collector):
@@ -130,6 +130,7 @@ class CacheCollector(Collector):
             )
 
 
+@runtime_checkable
 class PoolStats(Protocol):
     """A repository with a connection pool."""
 

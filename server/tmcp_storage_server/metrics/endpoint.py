@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -101,15 +101,15 @@ class MetricsEndpoint:
 
 async def start(
     registry: CollectorRegistry, *, listen: str, socket_path: str | None
-) -> tuple[MetricsEndpoint | None, Callable[[], str]]:
+) -> tuple[MetricsEndpoint | None, str]:
     """Serve ``registry`` on the supervisor's socket if this is a worker, else on
     ``listen`` ("" = nowhere). Also a description of where, for the log."""
     if not socket_path and not listen:
-        return None, lambda: "off"
+        return None, "off"
     endpoint = MetricsEndpoint(registry)
     if socket_path:
         await endpoint.listen_unix(socket_path)
-        return endpoint, lambda: f"unix:{socket_path} (the supervisor serves them)"
+        return endpoint, f"unix:{socket_path} (the supervisor serves them)"
     port = await endpoint.listen_tcp(listen)
     host = listen.rpartition(":")[0]
-    return endpoint, lambda: f"http://{host}:{port}/metrics"
+    return endpoint, f"http://{host}:{port}/metrics"

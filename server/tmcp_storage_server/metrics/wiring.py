@@ -41,7 +41,6 @@ def collectors(
     ]
     if cache is not None:
         found.append(CacheCollector(cache))
-    if hasattr(repository, "pool_stats"):
-        pool: PoolStats = repository  # type: ignore[assignment]
-        found.append(PoolCollector(pool))
+    if isinstance(repository, PoolStats):
+        found.append(PoolCollector(repository))
     return found

@@ -230,12 +230,9 @@ class TwoLevelCache:
         await self._l2_store(fills)
         return found, max(revision, db_revision)
 
-    async def written(self, space: Space, revision: int, entries: Sequence[Entry]) -> None:
-        """Into this L1 and L2, and announced to the other processes."""
-        await self.written_many([(space, revision, entries)])
-
     async def written_many(self, commits: Sequence[Commit]) -> None:
-        """``written`` for several spaces: one Redis round trip for all of them."""
+        """Into this L1 and L2, and announced to the other processes: one Redis round
+        trip for every space of the commit."""
         now = self.l1.clock()
         reads: list[tuple[CacheKey, CachedRead]] = []
         marks: list[tuple[CacheKey, int]] = []
@@ -302,6 +299,13 @@ class TwoLevelCache:
                 self._channel_failed(exc)
         if self.l2 is not None or self.notifier is not None:
             self._remember(space, revision, keys)
+
+    async def close(self) -> None:
+        """Close the connections of L2 and of the notifier (whichever exist)."""
+        if self.l2 is not None:
+            await self.l2.close()
+        if self.notifier is not None:
+            await self.notifier.close()
 
     def apply(self, invalidation: Invalidation) -> None:
         """An invalidation heard from another process."""
