@@ -1,7 +1,7 @@
 """What observing a call costs: the interceptor in process, then the whole server.
 
 1. In process: CPU (time.process_time) of N calls of a trivial async unary handler,
-   bare and through ``CallObserver`` (interceptor chain, request id, counters, histogram;
+   bare and wrapped by ``CallObserver`` (request id, counters, histogram;
    the access record is below the INFO level, as in production), with a fake context:
    the Python-side cost only.
 2. Through the server (``--compare NAME=ROOT``, repeatable): server CPU per cached Get
@@ -33,13 +33,11 @@ from bench import h2
 from tests.e2e.harness import ServerProcess, token
 
 
-class _Details:
-    method = "/tmcp.storage.v1.KeyValue/Get"
-    invocation_metadata = (("authorization", "Bearer x"), ("user-agent", "grpc-python"))
-
-
 class _Context:
     trailing: Any = ()
+
+    def invocation_metadata(self) -> Any:
+        return (("authorization", "Bearer x"), ("user-agent", "grpc-python"))
 
     def set_trailing_metadata(self, metadata: Any) -> None:
         self.trailing = tuple(metadata)
@@ -55,22 +53,16 @@ async def _handler(request: Any, context: Any) -> Any:
 async def _micro(calls: int) -> tuple[float, float]:
     """Microseconds of CPU per call: bare, observed."""
     context: Any = _Context()
-    details: Any = _Details()
-    inner = grpc.unary_unary_rpc_method_handler(_handler)
-    observer = CallObserver(stats=RpcStats())
-
-    async def continuation(_: Any) -> Any:
-        return inner
+    inner: Any = grpc.unary_unary_rpc_method_handler(_handler)
+    wrapped: Any = CallObserver(stats=RpcStats()).wrap("/tmcp.storage.v1.KeyValue/Get", inner)
 
     async def bare() -> None:
         for _ in range(calls):
-            handler: Any = await continuation(details)
-            await handler.unary_unary(b"x", context)
+            await inner.unary_unary(b"x", context)
 
     async def observed() -> None:
         for _ in range(calls):
-            handler: Any = await observer.intercept_service(continuation, details)
-            await handler.unary_unary(b"x", context)
+            await wrapped.unary_unary(b"x", context)
 
     results: dict[str, list[float]] = {"bare": [], "observed": []}
     for _ in range(5):

@@ -242,7 +242,7 @@ class App:
             options=server_options(
                 max_streams=config.max_streams, min_ping=config.keepalive_min_ping
             ),
-            interceptors=[CallObserver(stats=rpc_stats)],
+            observer=CallObserver(stats=rpc_stats),
         )
         credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
         if credentials is None:

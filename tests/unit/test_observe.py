@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from typing import Any
 
+import grpc
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from tmcp_storage_server.api.observe import BUCKETS, RpcStats
+from tmcp_storage_server.api.observe import BUCKETS, CallObserver, RpcStats
 from tmcp_storage_server.config import Config, ConfigError
 from tmcp_storage_server.logs import REQUEST_ID, JsonFormatter, RequestIds, TextFormatter
 from tmcp_storage_server.metrics.collectors import RpcCollector
@@ -116,3 +118,56 @@ def test_endpoint_answers_only_get_metrics() -> None:
     assert response(registry, b"POST /metrics HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.0 405")
     head = response(registry, b"HEAD /metrics HTTP/1.1\r\n\r\n")
     assert head.endswith(b"\r\n\r\n") and b"Content-Length: 0" in head
+
+
+class _Server:
+    """Records what a registrar hands on."""
+
+    def __init__(self) -> None:
+        self.generic: list[Any] = []
+        self.registered: dict[str, dict[str, Any]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        self.generic.extend(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
+        self.registered[service] = handlers
+
+
+class _Context:
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
+        self.trailing: Any = ()
+
+    def invocation_metadata(self) -> Any:
+        return self._metadata
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        self.trailing = tuple(metadata)
+
+    def code(self) -> None:
+        return None
+
+
+async def test_handlers_registered_through_the_observer_are_observed() -> None:
+    async def echo(request: bytes, context: Any) -> bytes:
+        assert REQUEST_ID.get() == "client-id-1"
+        return request
+
+    handlers = {"Get": grpc.unary_unary_rpc_method_handler(echo)}
+    server, stats = _Server(), RpcStats()
+    registrar = CallObserver(stats=stats).registrar(server)  # type: ignore[arg-type]
+    registrar.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("pkg.S", handlers)])
+    registrar.add_registered_method_handlers("pkg.S", handlers)
+
+    details: Any = type("Details", (), {"method": "/pkg.S/Get", "invocation_metadata": ()})
+    by_lookup = server.generic[0].service(details)
+    by_registration = server.registered["pkg.S"]["Get"]
+    assert by_lookup is by_registration  # one wrapper per method
+    context = _Context((("x-request-id", "client-id-1"),))
+    assert await by_registration.unary_unary(b"hi", context) == b"hi"
+    assert context.trailing == (("x-request-id", "client-id-1"),)
+    method = stats.methods["/pkg.S/Get"]
+    assert (method.kind, method.started, method.handled) == ("unary", 1, {"OK": 1})
+    unknown: Any = type("Details", (), {"method": "/pkg.S/Nope", "invocation_metadata": ()})
+    assert server.generic[0].service(unknown) is None

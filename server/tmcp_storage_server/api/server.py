@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from tmcp.storage.v1 import (
     batch_pb2,
     batch_pb2_grpc,
@@ -21,6 +21,7 @@ from tmcp.storage.v1 import (
 
 from tmcp_storage_server.api.batch import BatchServicer
 from tmcp_storage_server.api.kv import KeyValueServicer
+from tmcp_storage_server.api.observe import CallObserver
 from tmcp_storage_server.api.quota import QuotaServicer
 from tmcp_storage_server.api.sync import SyncServicer
 
@@ -45,11 +46,11 @@ def build_server(
     sync: SyncServicer,
     health_servicer: Any,
     options: Sequence[tuple[str, Any]] = (),
-    interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
+    observer: CallObserver | None = None,
 ) -> grpc.aio.Server:
-    """A server with every service registered (not yet bound or started)."""
+    """A server with every service registered (not yet bound or started); with an
+    observer, every call of every service (health and reflection too) is observed."""
     server = grpc.aio.server(
-        interceptors=list(interceptors),
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -57,17 +58,21 @@ def build_server(
             *options,
         ],
     )
-    kv_pb2_grpc.add_KeyValueServicer_to_server(kv, server)
-    batch_pb2_grpc.add_BatchServicer_to_server(batch, server)
-    quota_pb2_grpc.add_QuotaServicer_to_server(quota, server)
-    sync_pb2_grpc.add_SyncServicer_to_server(sync, server)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (
-            *SERVICE_NAMES,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
+    target: Any = server if observer is None else observer.registrar(server)
+    kv_pb2_grpc.add_KeyValueServicer_to_server(kv, target)
+    batch_pb2_grpc.add_BatchServicer_to_server(batch, target)
+    quota_pb2_grpc.add_QuotaServicer_to_server(quota, target)
+    sync_pb2_grpc.add_SyncServicer_to_server(sync, target)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, target)
+    # Registered as enable_server_reflection does for an aio server, but through target.
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]  # public, unstubbed
+            (
+                *SERVICE_NAMES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            )
         ),
-        server,
+        target,
     )
     return server
