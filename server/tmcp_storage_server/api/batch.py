@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 from tmcp.storage.v1 import batch_pb2, batch_pb2_grpc, types_pb2
 
 from tmcp_storage_server.api import convert
@@ -45,16 +43,17 @@ def _operation(op: batch_pb2.Operation) -> Operation:
     return BadOperation("", InvalidArgument("kind", "operation has no get, set or delete"))
 
 
-ResultT = TypeVar(
-    "ResultT", batch_pb2.BatchGetResult, batch_pb2.BatchSetResult, batch_pb2.OperationResult
-)
-
-
-def _with_entry(message: ResultT, result: ItemResult, *, with_value: bool) -> ResultT:
-    """``message`` with the item's entry filled in, when it has one."""
+def _fill(
+    message: batch_pb2.BatchGetResult | batch_pb2.BatchSetResult | batch_pb2.OperationResult,
+    result: ItemResult,
+    *,
+    with_value: bool,
+) -> None:
+    """An empty result of a response, filled in place: key, status and entry."""
+    message.key = result.key
+    convert.fill_status(message.status, result.error)
     if result.entry is not None:
-        message.entry.CopyFrom(convert.entry(result.entry, with_value=with_value))
-    return message
+        convert.fill_entry(message.entry, result.entry, with_value=with_value)
 
 
 class BatchServicer(batch_pb2_grpc.BatchServicer):
@@ -74,19 +73,13 @@ class BatchServicer(batch_pb2_grpc.BatchServicer):
             list(request.keys),
             strong=request.consistency == types_pb2.CONSISTENCY_STRONG,
         )
-        return batch_pb2.BatchGetResponse(
-            header=convert.header(result.revision),
-            results=[
-                _with_entry(
-                    batch_pb2.BatchGetResult(
-                        key=r.key, found=r.found, status=convert.status(r.error)
-                    ),
-                    r,
-                    with_value=True,
-                )
-                for r in result.results
-            ],
-        )
+        response = batch_pb2.BatchGetResponse()
+        response.header.revision = result.revision
+        add = response.results.add
+        for r in result.results:
+            message = add(found=r.found)
+            _fill(message, r, with_value=True)
+        return response
 
     @unary
     async def BatchSet(
@@ -96,18 +89,14 @@ class BatchServicer(batch_pb2_grpc.BatchServicer):
         result = await self.service.batch_set(
             principal, convert.space(request.space), items, request.atomic
         )
-        return batch_pb2.BatchSetResponse(
-            header=convert.header(result.revision),
-            results=[
-                _with_entry(
-                    batch_pb2.BatchSetResult(key=r.key, status=convert.status(r.error)),
-                    r,
-                    with_value=False,
-                )
-                for r in result.results
-            ],
-            usage=convert.usage(result.usage) if result.usage else None,
+        response = batch_pb2.BatchSetResponse(
+            usage=convert.usage(result.usage) if result.usage else None
         )
+        response.header.revision = result.revision
+        add = response.results.add
+        for r in result.results:
+            _fill(add(), r, with_value=False)
+        return response
 
     @unary
     async def BatchDelete(
@@ -117,16 +106,15 @@ class BatchServicer(batch_pb2_grpc.BatchServicer):
         result = await self.service.batch_delete(
             principal, convert.space(request.space), items, request.atomic
         )
-        return batch_pb2.BatchDeleteResponse(
-            header=convert.header(result.revision),
-            results=[
-                batch_pb2.BatchDeleteResult(
-                    key=r.key, status=convert.status(r.error), deleted=r.deleted
-                )
-                for r in result.results
-            ],
-            usage=convert.usage(result.usage) if result.usage else None,
+        response = batch_pb2.BatchDeleteResponse(
+            usage=convert.usage(result.usage) if result.usage else None
         )
+        response.header.revision = result.revision
+        add = response.results.add
+        for r in result.results:
+            message = add(key=r.key, deleted=r.deleted)
+            convert.fill_status(message.status, r.error)
+        return response
 
     @unary
     async def Execute(
@@ -136,18 +124,13 @@ class BatchServicer(batch_pb2_grpc.BatchServicer):
         result = await self.service.execute(
             principal, convert.space(request.space), operations, request.atomic
         )
-        return batch_pb2.ExecuteResponse(
-            header=convert.header(result.revision),
-            results=[
-                _with_entry(
-                    batch_pb2.OperationResult(
-                        key=r.key, status=convert.status(r.error), found=r.found, deleted=r.deleted
-                    ),
-                    r,
-                    # a get returns the value; a set returns the entry without it
-                    with_value=isinstance(op, GetCommand),
-                )
-                for r, op in zip(result.results, operations, strict=True)
-            ],
-            usage=convert.usage(result.usage) if result.usage else None,
+        response = batch_pb2.ExecuteResponse(
+            usage=convert.usage(result.usage) if result.usage else None
         )
+        response.header.revision = result.revision
+        add = response.results.add
+        for r, op in zip(result.results, operations, strict=True):
+            message = add(found=r.found, deleted=r.deleted)
+            # a get returns the value; a set returns the entry without it
+            _fill(message, r, with_value=isinstance(op, GetCommand))
+        return response

@@ -11,7 +11,7 @@ from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 from google.rpc import status_pb2
 from tmcp.storage.v1 import batch_pb2, kv_pb2, quota_pb2, types_pb2
 
-from tmcp_storage_server.api.errors import OK_STATUS, to_status
+from tmcp_storage_server.api.errors import to_status
 from tmcp_storage_server.core.commands import PutCommand
 from tmcp_storage_server.errors import InvalidArgument, StorageError
 from tmcp_storage_server.model import Entry, LimitOverrides, QuotaUsage, Space
@@ -78,48 +78,56 @@ def _value_pb(data: Any) -> struct_pb2.Value:
     return result
 
 
-def value_out(entry: Entry) -> types_pb2.Value:
+def _fill_value(message: types_pb2.Value, entry: Entry) -> None:
     """JSON entries come back through ``json``, everything else through ``raw``."""
     assert entry.value is not None
     if entry.is_json:
-        return types_pb2.Value(json=_value_pb(json.loads(entry.value)))
-    return types_pb2.Value(raw=entry.value)
+        message.json.CopyFrom(_value_pb(json.loads(entry.value)))
+    else:
+        message.raw = entry.value
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    """A protobuf timestamp (a naive ``moment`` is UTC). Integer arithmetic on the
-    timedelta: three times faster than ``Timestamp.FromDatetime``, and every entry in a
-    response carries two or three."""
+    """A protobuf timestamp (a naive ``moment`` is UTC)."""
+    message = timestamp_pb2.Timestamp()
+    set_timestamp(message, moment)
+    return message
+
+
+def set_timestamp(message: timestamp_pb2.Timestamp, moment: datetime) -> None:
+    """Set ``message`` to ``moment`` (naive is UTC). Integer arithmetic on the timedelta:
+    three times faster than ``Timestamp.FromDatetime``, and every entry in a response
+    carries two or three."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     since = moment - _EPOCH
-    return timestamp_pb2.Timestamp(
-        seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000
-    )
+    message.seconds = since.days * 86_400 + since.seconds
+    message.nanos = since.microseconds * 1000
 
 
-def entry(value: Entry, *, with_value: bool = True) -> types_pb2.Entry:
-    """The wire form of an entry (``with_value`` and a loaded value: value included)."""
-    message = types_pb2.Entry(
-        key=value.key,
-        content_type=value.content_type,
-        version=value.version,
-        create_revision=value.create_revision,
-        mod_revision=value.mod_revision,
-        created_at=timestamp(value.created_at),
-        updated_at=timestamp(value.updated_at),
-        size=value.size,
-        checksum=value.checksum,
-        metadata=value.metadata,
-    )
+def fill_entry(message: types_pb2.Entry, value: Entry, *, with_value: bool = True) -> None:
+    """The wire form of an entry (``with_value`` and a loaded value: value included),
+    written into ``message``, an empty entry field of a response: filled in
+    place, since building a message and copying it into its parent costs twice as much
+    (2.5 against 4.8 us for an entry; every Get, List and batch result has one or more)."""
+    message.key = value.key
+    message.content_type = value.content_type
+    message.version = value.version
+    message.create_revision = value.create_revision
+    message.mod_revision = value.mod_revision
+    message.size = value.size
+    message.checksum = value.checksum
+    set_timestamp(message.created_at, value.created_at)
+    set_timestamp(message.updated_at, value.updated_at)
+    if value.metadata:
+        message.metadata.update(value.metadata)
     if value.expires_at is not None:
-        message.expires_at.CopyFrom(timestamp(value.expires_at))
+        set_timestamp(message.expires_at, value.expires_at)
     if with_value and value.value is not None:
-        message.value.CopyFrom(value_out(value))
-    return message
+        _fill_value(message.value, value)
 
 
 def ttl(message: duration_pb2.Duration, present: bool) -> timedelta | None:
@@ -187,6 +195,10 @@ def put_command(message: kv_pb2.PutRequest | batch_pb2.BatchSetItem) -> PutComma
     )
 
 
-def status(error: StorageError | None) -> status_pb2.Status:
-    """The per-item status of a batch result (code 0 when it succeeded)."""
-    return OK_STATUS if error is None else to_status(error)
+def fill_status(message: status_pb2.Status, error: StorageError | None) -> None:
+    """Write the per-item status into ``message``, an empty status field (present, with
+    code 0, when the item succeeded)."""
+    if error is None:
+        message.SetInParent()
+    else:
+        message.CopyFrom(to_status(error))

@@ -109,9 +109,6 @@ def internal_status() -> status_pb2.Status:
     )
 
 
-OK_STATUS = status_pb2.Status(code=code_pb2.OK)
-
-
 def not_implemented_status(what: str) -> status_pb2.Status:
     """UNIMPLEMENTED with ErrorInfo reason NOT_IMPLEMENTED, for parts not built yet."""
     info = error_details_pb2.ErrorInfo(reason="NOT_IMPLEMENTED", domain=DOMAIN)

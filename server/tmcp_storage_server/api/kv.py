@@ -27,18 +27,20 @@ class KeyValueServicer(kv_pb2_grpc.KeyValueServicer):
             request.key,
             strong=request.consistency == types_pb2.CONSISTENCY_STRONG,
         )
-        return kv_pb2.GetResponse(header=convert.header(revision), entry=convert.entry(entry))
+        response = kv_pb2.GetResponse()
+        response.header.revision = revision
+        convert.fill_entry(response.entry, entry)
+        return response
 
     @unary
     async def Put(self, request: kv_pb2.PutRequest, principal: Principal) -> kv_pb2.PutResponse:
         command = convert.put_command(request)
         result = await self.service.put(principal, convert.space(request.space), command)
         assert result.entry is not None
-        return kv_pb2.PutResponse(
-            header=convert.header(result.revision),
-            entry=convert.entry(result.entry, with_value=False),
-            usage=convert.usage(result.usage),
-        )
+        response = kv_pb2.PutResponse(usage=convert.usage(result.usage))
+        response.header.revision = result.revision
+        convert.fill_entry(response.entry, result.entry, with_value=False)
+        return response
 
     @unary
     async def Delete(
@@ -65,11 +67,12 @@ class KeyValueServicer(kv_pb2_grpc.KeyValueServicer):
             include_values=request.include_values,
             max_bytes=request.max_bytes,
         )
-        return kv_pb2.ListResponse(
-            header=convert.header(page.revision),
-            entries=[convert.entry(e, with_value=request.include_values) for e in page.entries],
-            next_page_token=page.next_page_token,
-        )
+        response = kv_pb2.ListResponse(next_page_token=page.next_page_token)
+        response.header.revision = page.revision
+        add, with_value = response.entries.add, request.include_values
+        for entry in page.entries:
+            convert.fill_entry(add(), entry, with_value=with_value)
+        return response
 
     @unary
     async def Touch(
@@ -83,10 +86,10 @@ class KeyValueServicer(kv_pb2_grpc.KeyValueServicer):
         )
         result = await self.service.touch(principal, convert.space(request.space), command)
         assert result.entry is not None
-        return kv_pb2.TouchResponse(
-            header=convert.header(result.revision),
-            entry=convert.entry(result.entry, with_value=False),
-        )
+        response = kv_pb2.TouchResponse()
+        response.header.revision = result.revision
+        convert.fill_entry(response.entry, result.entry, with_value=False)
+        return response
 
     @unary
     async def DeletePrefix(

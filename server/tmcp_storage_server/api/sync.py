@@ -90,11 +90,11 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
         if client is not None:
             response.last_mutation_id = client.last_mutation_id
             if client.last_push_at is not None:
-                response.last_push_time.CopyFrom(convert.timestamp(client.last_push_at))
+                convert.set_timestamp(response.last_push_time, client.last_push_at)
             if client.last_pull_at is not None:
-                response.last_pull_time.CopyFrom(convert.timestamp(client.last_pull_at))
+                convert.set_timestamp(response.last_pull_time, client.last_pull_at)
         if status.horizon_time is not None:
-            response.history_horizon_time.CopyFrom(convert.timestamp(status.horizon_time))
+            convert.set_timestamp(response.history_horizon_time, status.horizon_time)
         return response
 
     @unary
@@ -139,7 +139,7 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
             header=convert.header(result.revision), usage=convert.usage(result.usage)
         )
         if result.entry is not None:
-            response.entry.CopyFrom(convert.entry(result.entry, with_value=False))
+            convert.fill_entry(response.entry, result.entry, with_value=False)
         return response
 
     async def Stream(  # type: ignore[override]

@@ -65,7 +65,7 @@ def outcome(report: MutationReport) -> sync_pb2.MutationOutcome:
     if report.entry is not None:
         # CONFLICT: the value the server kept, so the client can show and adopt it.
         with_value = report.result is PushResult.CONFLICT
-        message.entry.CopyFrom(convert.entry(report.entry, with_value=with_value))
+        convert.fill_entry(message.entry, report.entry, with_value=with_value)
     if report.error is not None:
         message.status.CopyFrom(to_status(report.error))
     return message
@@ -82,7 +82,7 @@ def change(value: ChangedKey) -> sync_pb2.Change:
         version=value.version,
     )
     if value.entry is not None:
-        message.entry.CopyFrom(convert.entry(value.entry))
+        convert.fill_entry(message.entry, value.entry)
     return message
 
 
@@ -116,5 +116,5 @@ def conflict(value: Conflict) -> sync_pb2.Conflict:
         created_at=convert.timestamp(value.created_at),
     )
     if value.resolved_at is not None:
-        message.resolved_at.CopyFrom(convert.timestamp(value.resolved_at))
+        convert.set_timestamp(message.resolved_at, value.resolved_at)
     return message

@@ -1,0 +1,86 @@
+"""Domain values to protobuf: entries and timestamps, written in place."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from google.protobuf import timestamp_pb2
+from tmcp.storage.v1 import types_pb2
+from tmcp_storage_server.api import convert
+from tmcp_storage_server.model import Entry
+
+MOMENTS = [
+    datetime(1970, 1, 1, tzinfo=UTC),
+    datetime(1, 1, 1, tzinfo=UTC),
+    datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+    datetime(2026, 11, 23, 12, 30, 1, 250_000, tzinfo=timezone(timedelta(hours=-5))),
+    datetime(2026, 11, 23, 12, 30, 1, 7),  # naive: UTC
+]
+
+
+@pytest.mark.parametrize("moment", MOMENTS)
+def test_timestamps_match_the_protobuf_library(moment: datetime) -> None:
+    expected = timestamp_pb2.Timestamp()
+    expected.FromDatetime(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+    assert convert.timestamp(moment) == expected
+
+
+def _entry(**changes: object) -> Entry:
+    fields: dict[str, object] = {
+        "key": "k",
+        "value": b"\x00\xffraw",
+        "content_type": "application/octet-stream",
+        "version": 3,
+        "create_revision": 2,
+        "mod_revision": 9,
+        "created_at": MOMENTS[3],
+        "updated_at": MOMENTS[4],
+        "expires_at": None,
+        "size": 5,
+        "checksum": "sha256:abc",
+        **changes,
+    }
+    return Entry(**fields)  # type: ignore[arg-type]
+
+
+def _expected(value: Entry, *, with_value: bool) -> types_pb2.Entry:
+    """The same entry built field by field with the protobuf library's conversions."""
+    message = types_pb2.Entry(
+        key=value.key,
+        content_type=value.content_type,
+        version=value.version,
+        create_revision=value.create_revision,
+        mod_revision=value.mod_revision,
+        size=value.size,
+        checksum=value.checksum,
+        metadata=value.metadata,
+    )
+    message.created_at.FromDatetime(value.created_at.astimezone(UTC))
+    message.updated_at.FromDatetime(value.updated_at.replace(tzinfo=UTC))
+    if value.expires_at is not None:
+        message.expires_at.FromDatetime(value.expires_at)
+    if with_value and value.value is not None:
+        if value.is_json:
+            message.value.json.string_value = "text"  # what the JSON test stores
+        else:
+            message.value.raw = value.value
+    return message
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        _entry(),
+        _entry(metadata={"a": "1", "b": ""}, expires_at=MOMENTS[2]),
+        _entry(value=b'"text"', content_type="application/json; charset=utf-8"),
+        _entry(value=None),
+    ],
+)
+@pytest.mark.parametrize("with_value", [True, False])
+def test_entries_are_filled_in_place(value: Entry, with_value: bool) -> None:
+    message = types_pb2.Entry()
+    convert.fill_entry(message, value, with_value=with_value)
+    assert message == _expected(value, with_value=with_value)
+    assert message.HasField("expires_at") == (value.expires_at is not None)
+    assert message.HasField("value") == (with_value and value.value is not None)
