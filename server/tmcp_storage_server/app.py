@@ -30,6 +30,7 @@ from tmcp_storage_server.core.batch import BatchService
 from tmcp_storage_server.core.clock import SystemClock
 from tmcp_storage_server.core.conflict_records import ConflictService
 from tmcp_storage_server.core.expiry import Sweeper
+from tmcp_storage_server.core.grouping import WriteGroups
 from tmcp_storage_server.core.kv import KeyValueService
 from tmcp_storage_server.core.ports import Repository
 from tmcp_storage_server.core.quota import QuotaService
@@ -213,18 +214,20 @@ class App:
             clock=clock,
             app_strategies=config.app_strategies,
         )
+        # Single-key writes and batches of every space share one queue of transactions.
+        groups = WriteGroups(writer=writer, clock=clock)
         rpc_stats = RpcStats()
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         server = build_server(
             kv=KeyValueServicer(
                 service=KeyValueService(
-                    repository=repository, writer=writer, clock=clock, cache=cache
+                    repository=repository, writer=writer, clock=clock, cache=cache, groups=groups
                 ),
                 auth=auth,
             ),
             batch=BatchServicer(
                 service=BatchService(
-                    repository=repository, writer=writer, clock=clock, cache=cache
+                    repository=repository, writer=writer, clock=clock, cache=cache, groups=groups
                 ),
                 auth=auth,
             ),

@@ -1,11 +1,14 @@
-"""Group commit of single-key writes (core/grouping.py) on the in-memory repository."""
+"""Group commit of single-key writes and batches (core/grouping.py) on the in-memory repository."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
+from tmcp_storage_server.core.batch import BatchService
 from tmcp_storage_server.core.commands import DeleteCommand, PutCommand
+from tmcp_storage_server.core.grouping import WriteGroups
 from tmcp_storage_server.core.kv import KeyValueService
 from tmcp_storage_server.core.writes import Writer
 from tmcp_storage_server.errors import QuotaExceeded, Unavailable, VersionMismatch
@@ -174,3 +177,85 @@ async def test_a_caller_that_gave_up_while_its_group_waited_for_the_lock_is_skip
     gate.set()
     assert (await kv.put(ALICE, SPACE, PutCommand("k", b"patient"))).entry.version == 1  # type: ignore[union-attr]
     assert repo.spaces[SPACE].entries["k"].value == b"patient"
+
+
+def _services(
+    repo: FakeRepository, *, max_keys: int = 2000
+) -> tuple[KeyValueService, BatchService]:
+    writer = Writer(repository=repo, defaults=QuotaLimits(1000, 5, 100))  # type: ignore[arg-type]
+    clock = FakeClock()
+    groups = WriteGroups(writer=writer, clock=clock, max_keys=max_keys)
+    kv = KeyValueService(repository=repo, writer=writer, clock=clock, groups=groups)  # type: ignore[arg-type]
+    batch = BatchService(repository=repo, writer=writer, clock=clock, groups=groups)  # type: ignore[arg-type]
+    return kv, batch
+
+
+async def test_batches_share_a_transaction_with_single_writes_and_fail_alone(
+    repo: FakeRepository,
+) -> None:
+    kv, batch = _services(repo)
+    repo.hold = asyncio.Event()
+    first = asyncio.ensure_future(kv.put(ALICE, SPACE, PutCommand("first", b"1")))
+    await asyncio.sleep(0)
+    queued = [
+        batch.batch_set(ALICE, SPACE, [PutCommand("a", b"1"), PutCommand("b", b"2")], True),
+        # atomic, and its second item's version is wrong: nothing of it is stored
+        batch.batch_set(
+            ALICE, SPACE, [PutCommand("c", b"3"), PutCommand("a", b"x", expected_version=7)], True
+        ),
+        kv.put(ALICE, SPACE, PutCommand("a", b"22", expected_version=1)),
+        # atomic and over the 5-key quota as a whole (first, a, b + three)
+        batch.batch_set(ALICE, SPACE, [PutCommand(f"q{i}", b"q") for i in range(3)], True),
+        batch.batch_delete(ALICE, SPACE, [DeleteCommand("b")], False),
+    ]
+    rest = [asyncio.ensure_future(call) for call in queued]
+    await asyncio.sleep(0)
+    repo.hold.set()
+    await first
+    results: list[Any] = list(await asyncio.gather(*rest, return_exceptions=True))
+    assert repo.opened == 2  # the first alone, then the other five together
+    assert results[0].revision == 2
+    assert isinstance(results[1], VersionMismatch)
+    assert results[1].metadata["index"] == "1"
+    assert results[2].revision == 3
+    assert isinstance(results[3], QuotaExceeded)
+    assert results[4].revision == 4 and results[4].results[0].deleted
+    data = repo.spaces[SPACE]
+    assert [(c.revision, c.key) for c in data.changes] == [
+        (1, "first"),
+        (2, "a"),
+        (2, "b"),
+        (3, "a"),
+        (4, "b"),
+    ]
+    live = {k: e.value for k, e in data.entries.items() if not e.deleted}
+    assert live == {"first": b"1", "a": b"22"}
+    assert (data.state.revision, data.state.used_keys, data.state.used_bytes) == (4, 2, 3)
+
+
+async def test_a_group_takes_writes_up_to_max_keys_in_arrival_order(
+    repo: FakeRepository,
+) -> None:
+    kv, batch = _services(repo, max_keys=3)
+    other = Space(SPACE.app_id, "bob")
+    bob = Principal("bob", SPACE.app_id, frozenset(Scope))
+    repo.hold = asyncio.Event()
+    first = asyncio.ensure_future(kv.put(ALICE, SPACE, PutCommand("first", b"1")))
+    await asyncio.sleep(0)
+    queued = [
+        batch.batch_set(ALICE, SPACE, [PutCommand("a", b"1"), PutCommand("b", b"2")], False),
+        batch.batch_set(ALICE, SPACE, [PutCommand("c", b"3"), PutCommand("d", b"4")], False),
+        kv.put(bob, other, PutCommand("x", b"1")),  # would fit, but must not pass the batch
+        batch.batch_set(ALICE, SPACE, [PutCommand(k, b"new") for k in "abcd"], False),
+    ]
+    rest = [asyncio.ensure_future(call) for call in queued]
+    await asyncio.sleep(0)
+    repo.hold.set()
+    await first
+    results: list[Any] = list(await asyncio.gather(*rest, return_exceptions=True))
+    # first alone; then [a b]; then [c d] with bob's x (3 keys); then the 4-key batch,
+    # alone since it is larger than max_keys
+    assert repo.opened == 4
+    assert [r.revision for r in results] == [2, 3, 1, 4]
+    assert all(r.error is None for r in results[3].results)
+    assert {k: repo.spaces[SPACE].entries[k].value for k in "abcd"} == dict.fromkeys("abcd", b"new")

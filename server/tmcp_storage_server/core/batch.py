@@ -20,6 +20,7 @@ from tmcp_storage_server.core.commands import (
     Operation,
     PutCommand,
 )
+from tmcp_storage_server.core.grouping import WriteGroups
 from tmcp_storage_server.core.kv import validate_put
 from tmcp_storage_server.core.ports import Cache, Clock, Repository
 from tmcp_storage_server.core.writes import Writer, WriteSession
@@ -72,12 +73,20 @@ class BatchService:
     """BatchGet, BatchSet, BatchDelete and Execute."""
 
     def __init__(
-        self, *, repository: Repository, writer: Writer, clock: Clock, cache: Cache | None = None
+        self,
+        *,
+        repository: Repository,
+        writer: Writer,
+        clock: Clock,
+        cache: Cache | None = None,
+        groups: WriteGroups | None = None,
     ) -> None:
         self._repository = repository
         self._writer = writer
         self._clock = clock
         self._cache = cache
+        # A batch is one write of a group: one revision of its own in a shared transaction.
+        self._groups = groups or WriteGroups(writer=writer, clock=clock)
 
     async def batch_get(
         self, principal: Principal, space: Space, keys: Sequence[str], *, strong: bool = False
@@ -162,12 +171,11 @@ class BatchService:
                 prepared.append(_at(error, field, index))
         if unique_keys:
             _reject_duplicate_writes(field, operations)
-        results: list[ItemResult] = []
         keys = list(dict.fromkeys(p.key for p in prepared if not isinstance(p, StorageError)))
-        # The rate limit counts write items (a read-only Execute is free).
-        writes = sum(not isinstance(op, GetCommand) for op in operations)
-        async with self._writer.session(space, self._clock.now(), keys, cost=writes) as session:
+
+        async def run(session: WriteSession) -> list[ItemResult]:
             await session.load(keys)
+            results: list[ItemResult] = []
             for index, item in enumerate(prepared):
                 if isinstance(item, StorageError):
                     results.append(ItemResult(operations[index].key, error=item))
@@ -178,7 +186,12 @@ class BatchService:
                     if atomic:
                         raise _at(error, field, index) from None
                     results.append(ItemResult(item.key, error=_at(error, field, index)))
-        return BatchResult(session.revision, results, session.usage)
+            return results
+
+        # The rate limit counts write items (a read-only Execute is free).
+        writes = sum(not isinstance(op, GetCommand) for op in operations)
+        done = await self._groups.write(space, keys, run, cost=writes)
+        return BatchResult(done.revision, done.value, done.usage)
 
 
 def _reject_duplicate_writes(field: str, operations: Sequence[Operation]) -> None:

@@ -43,14 +43,21 @@ class KeyValueService:
     """Get, Put, Delete, List, Touch and DeletePrefix."""
 
     def __init__(
-        self, *, repository: Repository, writer: Writer, clock: Clock, cache: Cache | None = None
+        self,
+        *,
+        repository: Repository,
+        writer: Writer,
+        clock: Clock,
+        cache: Cache | None = None,
+        groups: WriteGroups | None = None,
     ) -> None:
         self._repository = repository
         self._writer = writer
         self._clock = clock
         self._cache = cache
-        # Single-key writes of a space that arrive together share one transaction.
-        self._groups = WriteGroups(writer=writer, clock=clock)
+        # Writes that arrive together share one transaction (with batches, when the
+        # server passes the BatchService the same groups).
+        self._groups = groups or WriteGroups(writer=writer, clock=clock)
 
     async def get(
         self, principal: Principal, space: Space, key: str, *, strong: bool = False
