@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -55,6 +56,7 @@ class Entry:
         return is_json_content_type(self.content_type)
 
 
+@functools.lru_cache(maxsize=256)  # a few content types, asked three times per write
 def is_json_content_type(content_type: str) -> bool:
     """``application/json``, ignoring case and parameters such as ``charset``."""
     return content_type.split(";", 1)[0].strip().lower() == JSON_CONTENT_TYPE

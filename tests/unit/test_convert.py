@@ -1,13 +1,16 @@
-"""Domain values to protobuf: entries and timestamps, written in place."""
+"""Protobuf to commands and domain values to protobuf (entries and timestamps, written
+in place)."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from google.protobuf import timestamp_pb2
-from tmcp.storage.v1 import types_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
+from tmcp.storage.v1 import kv_pb2, types_pb2
 from tmcp_storage_server.api import convert
+from tmcp_storage_server.core.commands import PutCommand
 from tmcp_storage_server.model import Entry
 
 MOMENTS = [
@@ -84,3 +87,50 @@ def test_entries_are_filled_in_place(value: Entry, with_value: bool) -> None:
     assert message == _expected(value, with_value=with_value)
     assert message.HasField("expires_at") == (value.expires_at is not None)
     assert message.HasField("value") == (with_value and value.value is not None)
+
+
+def test_put_commands_carry_every_field_of_the_request() -> None:
+    message = kv_pb2.PutRequest(
+        key="k",
+        value=types_pb2.Value(raw=b"v"),
+        content_type="text/plain",
+        expected_version=4,
+        ttl=duration_pb2.Duration(seconds=30),
+        keep_ttl=True,
+        metadata={"a": "1"},
+    )
+    message.expires_at.FromDatetime(MOMENTS[2])
+    assert convert.put_command(message) == PutCommand(
+        key="k",
+        value=b"v",
+        content_type="text/plain",
+        is_json=False,
+        expected_version=4,
+        ttl=timedelta(seconds=30),
+        expires_at=MOMENTS[2],
+        keep_ttl=True,
+        metadata={"a": "1"},
+    )
+    bare = convert.put_command(kv_pb2.PutRequest(key="k", value=types_pb2.Value(raw=b"")))
+    assert bare == PutCommand("k", b"")
+    json_value = types_pb2.Value()
+    json_value.json.string_value = "x"
+    as_json = convert.put_command(kv_pb2.PutRequest(key="k", value=json_value))
+    assert (as_json.value, as_json.is_json) == (b'"x"', True)
+
+
+def test_with_content_type_changes_only_the_content_type() -> None:
+    values: dict[str, object] = {
+        "key": "k",
+        "value": b"v",
+        "content_type": "text/plain",
+        "is_json": True,
+        "expected_version": 4,
+        "ttl": timedelta(seconds=30),
+        "expires_at": MOMENTS[2],
+        "keep_ttl": True,
+        "metadata": {"a": "1"},
+    }
+    assert {f.name for f in dataclasses.fields(PutCommand)} == set(values)  # all set here
+    command = PutCommand(**values)  # type: ignore[arg-type]
+    assert command.with_content_type("a/b") == dataclasses.replace(command, content_type="a/b")

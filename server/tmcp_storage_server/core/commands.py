@@ -33,6 +33,21 @@ class PutCommand:
     keep_ttl: bool = False
     metadata: Mapping[str, str] = field(default_factory=dict)
 
+    def with_content_type(self, content_type: str) -> PutCommand:
+        """The same Put with another content type (what ``dataclasses.replace`` does, at
+        half its cost: once per item of every batch)."""
+        return PutCommand(
+            self.key,
+            content_type=content_type,
+            value=self.value,
+            is_json=self.is_json,
+            expected_version=self.expected_version,
+            ttl=self.ttl,
+            expires_at=self.expires_at,
+            keep_ttl=self.keep_ttl,
+            metadata=self.metadata,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class DeleteCommand:

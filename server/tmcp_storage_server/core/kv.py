@@ -36,7 +36,7 @@ def validate_put(cmd: PutCommand) -> PutCommand:
         )
     if cmd.expected_version is not None and cmd.expected_version < 0:
         raise InvalidArgument("expected_version", "expected_version must not be negative")
-    return cmd if ctype == cmd.content_type else replace(cmd, content_type=ctype)
+    return cmd if ctype == cmd.content_type else cmd.with_content_type(ctype)
 
 
 class KeyValueService:

@@ -107,6 +107,8 @@ def value(data: bytes, ctype: str, *, max_bytes: int, field: str = "value") -> b
 
 def metadata(pairs: Mapping[str, str], field: str = "metadata") -> dict[str, str]:
     """At most 16 pairs and 4 KiB of keys and values; keys non-empty, no control chars."""
+    if not pairs:
+        return {}
     if len(pairs) > MAX_METADATA_PAIRS:
         raise InvalidArgument(
             field,

@@ -95,6 +95,8 @@ def build_put(cmd: PutCommand, current: Entry | None, *, now: datetime, revision
     live = current if current is not None and current.live_at(now) else None
     if cmd.keep_ttl:
         expires_at = live.expires_at if live is not None else None
+    elif cmd.ttl is None and cmd.expires_at is None:
+        expires_at = None
     else:
         expires_at = validate.expiry(now, ttl=cmd.ttl, expires_at=cmd.expires_at)
     return Entry(
@@ -109,7 +111,7 @@ def build_put(cmd: PutCommand, current: Entry | None, *, now: datetime, revision
         expires_at=expires_at,
         size=len(cmd.value),
         checksum=checksum(cmd.value),
-        metadata=dict(cmd.metadata),
+        metadata=dict(cmd.metadata) if cmd.metadata else {},
     )
 
 

@@ -61,10 +61,12 @@ class _Item:
 
 
 def _size(key: CacheKey, read: CachedRead | None) -> int:
-    size = ITEM_OVERHEAD + sum(len(part) for part in key)
+    size = ITEM_OVERHEAD + len(key[0]) + len(key[1]) + len(key[2])
     entry = read.entry if read is not None else None
     if entry is not None:
-        size += entry.size + sum(len(k) + len(v) for k, v in entry.metadata.items())
+        size += entry.size
+        if entry.metadata:
+            size += sum(len(k) + len(v) for k, v in entry.metadata.items())
     return size
 
 

@@ -37,6 +37,7 @@ import psycopg
 import psycopg_pool
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
+from psycopg.types.json import set_json_loads
 
 from tmcp_storage_server.core.ports import RETAINED_VERSIONS
 from tmcp_storage_server.model import (
@@ -330,6 +331,7 @@ class PostgresRepository(SyncReadsMixin, OneSpaceMixin[_Transaction]):
             max_size=self._max_size,
             open=False,
             check=self._check,
+            configure=_configure,
             timeout=_ACQUIRE_TIMEOUT,
             name="tmcp-storage",
         )
@@ -599,6 +601,16 @@ class PostgresRepository(SyncReadsMixin, OneSpaceMixin[_Transaction]):
         """Spaces holding live entries past their expiry."""
         rows = await self._all(sql.SPACES_WITH_EXPIRED, {"now": now, "limit": limit})
         return [Space(app_id, user_id) for user_id, app_id in rows]
+
+
+def _json_loads(data: str | bytes) -> Any:
+    return {} if data == b"{}" or data == "{}" else json.loads(data)
+
+
+async def _configure(conn: _Conn) -> None:
+    # Almost every entry's metadata is empty: read "{}" without json.loads (1.5 us, for
+    # each row of every load and read).
+    set_json_loads(_json_loads, conn)
 
 
 async def _rollback(conn: _Conn) -> None:
