@@ -112,11 +112,15 @@ def test_put_commands_carry_every_field_of_the_request() -> None:
         metadata={"a": "1"},
     )
     bare = convert.put_command(kv_pb2.PutRequest(key="k", value=types_pb2.Value(raw=b"")))
-    assert bare == PutCommand("k", b"")
+    assert bare == PutCommand("k", b"", content_type="application/octet-stream")  # the default
     json_value = types_pb2.Value()
     json_value.json.string_value = "x"
     as_json = convert.put_command(kv_pb2.PutRequest(key="k", value=json_value))
-    assert (as_json.value, as_json.is_json) == (b'"x"', True)
+    assert (as_json.value, as_json.is_json, as_json.content_type) == (
+        b'"x"',
+        True,
+        "application/json",
+    )
 
 
 def test_with_content_type_changes_only_the_content_type() -> None:

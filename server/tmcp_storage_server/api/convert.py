@@ -14,7 +14,14 @@ from tmcp.storage.v1 import batch_pb2, kv_pb2, quota_pb2, types_pb2
 from tmcp_storage_server.api.errors import to_status
 from tmcp_storage_server.core.commands import PutCommand
 from tmcp_storage_server.errors import InvalidArgument, StorageError
-from tmcp_storage_server.model import Entry, LimitOverrides, QuotaUsage, Space
+from tmcp_storage_server.model import (
+    DEFAULT_CONTENT_TYPE,
+    JSON_CONTENT_TYPE,
+    Entry,
+    LimitOverrides,
+    QuotaUsage,
+    Space,
+)
 
 _MAX_SAFE_INT = 2**53
 
@@ -187,10 +194,13 @@ def put_command(message: kv_pb2.PutRequest | batch_pb2.BatchSetItem) -> PutComma
         data, is_json = value_in(value)
     has = message.HasField
     metadata = message.metadata
+    # Empty means the default (as the contract says): filled in here, the core's
+    # validate_put finds nothing to normalize and need not copy the command.
+    content_type = message.content_type or (JSON_CONTENT_TYPE if is_json else DEFAULT_CONTENT_TYPE)
     return PutCommand(
         message.key,
         data,
-        message.content_type,
+        content_type,
         is_json,
         message.expected_version if has("expected_version") else None,
         message.ttl.ToTimedelta() if has("ttl") else None,

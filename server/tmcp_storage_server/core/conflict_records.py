@@ -93,7 +93,7 @@ class ConflictService:
                     content_type=ctype,
                     is_json=is_json or is_json_content_type(ctype),
                 )
-            current = (await session.load([conflict.key])).get(conflict.key)
+            current = await session.load_one(conflict.key)
             entry = stage_value(session, conflict.key, current, put)
             await session.commit()
             resolved = replace(conflict, state=ConflictState.RESOLVED, resolved_at=session.now)

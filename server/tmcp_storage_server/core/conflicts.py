@@ -97,7 +97,7 @@ async def apply_mutation(
     """Apply (or hold back) one validated mutation and commit it under its own revision.
     Raises the permanent failures (InvalidArgument, QuotaExceeded) for the caller."""
     now = session.now
-    current = (await session.load([m.key])).get(m.key)
+    current = await session.load_one(m.key)
     stored_version = current.version if current is not None else 0
     conflicting = m.base_version is not None and m.base_version != stored_version
     live = current if current is not None and current.live_at(now) else None

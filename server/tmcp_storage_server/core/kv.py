@@ -110,7 +110,7 @@ class KeyValueService:
             )
 
         async def touch(session: WriteSession) -> Entry:
-            current = (await session.load([cmd.key])).get(cmd.key)
+            current = await session.load_one(cmd.key)
             if current is None or not current.live_at(session.now):
                 raise NotFound(cmd.key)
             expires_at = validate.expiry(session.now, ttl=cmd.ttl, expires_at=cmd.expires_at)

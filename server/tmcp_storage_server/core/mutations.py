@@ -15,14 +15,14 @@ from tmcp_storage_server.model import ChangeOp, Entry
 
 async def read(session: WriteSession, key: str) -> Entry | None:
     """The live entry of ``key`` as this session sees it (its own writes included)."""
-    current = (await session.load([key])).get(key)
+    current = await session.load_one(key)
     return current if current is not None and current.live_at(session.now) else None
 
 
 async def put(session: WriteSession, cmd: PutCommand, *, check_quota: bool = False) -> Entry:
     """Stage a validated Put (see ``kv.validate_put``); the new entry."""
     validate.value(cmd.value, cmd.content_type, max_bytes=session.limits.max_value_bytes)
-    current = (await session.load([cmd.key])).get(cmd.key)
+    current = await session.load_one(cmd.key)
     check_version(cmd.key, current, cmd.expected_version, session.now)
     entry = build_put(cmd, current, now=session.now, revision=session.next_revision)
     session.stage(entry, current, ChangeOp.PUT, check_quota=check_quota)
@@ -31,7 +31,7 @@ async def put(session: WriteSession, cmd: PutCommand, *, check_quota: bool = Fal
 
 async def delete(session: WriteSession, cmd: DeleteCommand) -> bool:
     """Stage a Delete; whether a live key was deleted (absent is not an error)."""
-    current = (await session.load([cmd.key])).get(cmd.key)
+    current = await session.load_one(cmd.key)
     check_version(cmd.key, current, cmd.expected_version, session.now)
     if current is None or not current.live_at(session.now):
         return False

@@ -223,6 +223,16 @@ class WriteSession:
                 result[k] = entry
         return result
 
+    async def load_one(self, key: str) -> Entry | None:
+        """The stored entry of ``key`` as ``load`` gives it (what every single-key
+        mutation asks, once per item of a batch: without building lists and dicts)."""
+        staged = self._staged.get(key)
+        if staged is not None:
+            return staged.entry
+        if key in self._loaded:
+            return self._loaded[key]
+        return (await self.load([key])).get(key)
+
     async def load_prefix(self, prefix: str) -> list[Entry]:
         """Live entries under ``prefix`` (values not loaded)."""
         await self.flush()
