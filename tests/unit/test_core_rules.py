@@ -111,6 +111,28 @@ def test_token_verifier_caches_and_checks() -> None:
     assert caught.value.reason == "TOKEN_EXPIRED"
 
 
+def test_token_verifier_cache_is_bounded_and_drops_the_oldest() -> None:
+    verifier = TokenVerifier(secret="s" * 40, cache_size=2)
+    tokens = [
+        mint_token("s" * 40, app_id="a", user_id=f"u{i}", scopes=[], ttl_seconds=60)
+        for i in range(3)
+    ]
+    first = [verifier.authenticate([("authorization", f"Bearer {t}")]) for t in tokens]
+    assert [p.subject for p in first] == ["u0", "u1", "u2"]
+    again = [verifier.authenticate([("authorization", f"Bearer {t}")]) for t in tokens[1:]]
+    assert again[0] is first[1] and again[1] is first[2]  # cached: the same objects
+    assert verifier.authenticate([("authorization", f"Bearer {tokens[0]}")]) is not first[0]
+
+
+def test_a_space_validated_once_stays_valid_and_invalid_ones_are_never_remembered() -> None:
+    good = Space("app", "user")
+    assert validate.space(good) is good and validate.space(good) is good
+    for _ in range(2):
+        with pytest.raises(InvalidArgument) as caught:
+            validate.space(Space("bad app", "u"), field="items")
+        assert caught.value.field == "items.app_id"
+
+
 def test_config_defaults_and_validation() -> None:
     config = Config.from_env({})
     assert config.embedded
