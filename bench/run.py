@@ -19,7 +19,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,19 @@ REDIS_URL = os.environ.get("STORAGE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"
 ADMIN_URL = os.environ.get(
     "STORAGE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
+SERVER_ENV = {"STORAGE_SWEEP_INTERVAL": "1"}
+"""The server's default sweep interval (the test harness sweeps every 0.2 s)."""
+CONFIGURATIONS: list[tuple[str, dict[str, str], bool]] = [
+    ("w1 L1+Redis", {"STORAGE_WORKERS": "1", "STORAGE_REDIS_URL": REDIS_URL}, True),
+    (
+        "w1 Redis only",
+        {"STORAGE_WORKERS": "1", "STORAGE_CACHE_BYTES": "0", "STORAGE_REDIS_URL": REDIS_URL},
+        False,
+    ),
+    ("w1 no cache", {"STORAGE_WORKERS": "1", "STORAGE_CACHE_BYTES": "0"}, False),
+    ("w2 L1+Redis", {"STORAGE_WORKERS": "2", "STORAGE_REDIS_URL": REDIS_URL}, True),
+]
+"""Storage server configurations: name, environment, whether every scenario runs."""
 APP, SPACES = "bench", 4  # one h2load process per space (user)
 IN_FLIGHT_PER_SPACE = (4, 4)  # connections x streams: 64 calls in flight in all
 
@@ -234,7 +247,11 @@ def scenarios(echo: Target, floor: Target, storage: list[Target]) -> list[Scenar
     return rows
 
 
-def memory_check(url: str, redis: dict[str, str]) -> float:
+def redis_prefix() -> str:
+    return f"bench-{uuid.uuid4().hex[:8]}:"
+
+
+def memory_check(url: str) -> float:
     """Peak RSS (MiB) of one worker with the default 64 MiB L1 after writing 200k keys of
     100 B and reading each of them through the cache (BatchGet, so L1 fills and evicts)."""
     from tmcp_storage import Client, SetItem, Space
@@ -244,7 +261,9 @@ def memory_check(url: str, redis: dict[str, str]) -> float:
         "STORAGE_WORKERS": "1",
         "STORAGE_LIMIT_KEYS": str(keys),
         "STORAGE_LIMIT_BYTES": str(keys * 200),
-        **redis,
+        "STORAGE_REDIS_URL": REDIS_URL,
+        "STORAGE_REDIS_PREFIX": redis_prefix(),
+        **SERVER_ENV,
     }
     server = ServerProcess(url, env=env).start()
     try:
@@ -394,28 +413,28 @@ def main() -> None:
         f"{args.duration:g} s per run after 1 s warm-up; {args.rounds} interleaved rounds; "
         f"100 B values unless named; {os.cpu_count()} cores, unpinned"
     )
-    with database() as url, baseline("echo") as echo, baseline("floor", url) as floor:
+    # Each configuration has a database and a Redis prefix of its own: servers sharing
+    # them would hear every commit of the one measured (NOTIFY, Redis invalidations) and
+    # take CPU from it on this 2-core machine, as replicas on other machines would not.
+    # The two workers of "w2" do hear each other.
+    with (
+        database() as url,
+        baseline("echo") as echo,
+        baseline("floor", url) as floor,
+        ExitStack() as databases,
+    ):
         storage_targets = []
         servers = []
         try:
-            prefix = f"bench-{uuid.uuid4().hex[:8]}:"
-            redis = {"STORAGE_REDIS_URL": REDIS_URL, "STORAGE_REDIS_PREFIX": prefix}
-            configurations: list[tuple[str, dict[str, str], bool]] = [
-                ("w1 L1+Redis", {"STORAGE_WORKERS": "1", **redis}, True),
-                (
-                    "w1 Redis only",
-                    {"STORAGE_WORKERS": "1", "STORAGE_CACHE_BYTES": "0", **redis},
-                    False,
-                ),
-                ("w1 no cache", {"STORAGE_WORKERS": "1", "STORAGE_CACHE_BYTES": "0"}, False),
-                ("w2 L1+Redis", {"STORAGE_WORKERS": "2", **redis}, True),
-            ]
-            for name, env, full in configurations:
-                server = ServerProcess(url, env=env).start()
+            for name, env, full in CONFIGURATIONS:
+                server = ServerProcess(
+                    databases.enter_context(database()),
+                    env={**SERVER_ENV, **env, "STORAGE_REDIS_PREFIX": redis_prefix()},
+                ).start()
                 servers.append(server)
                 assert server.process is not None
                 storage_targets.append(Target(name, server.port, server.process.pid, full=full))
-            load_data(servers[0].target)
+                load_data(server.target)
             rows = scenarios(echo, floor, storage_targets)
             for row in rows:
                 check_grpc_status(row)
@@ -436,7 +455,7 @@ def main() -> None:
             for server in servers:
                 server.stop()
             servers.clear()
-            rss = memory_check(url, redis)
+            rss = memory_check(databases.enter_context(database()))
             print(
                 f"peak RSS of a worker (64 MiB L1) after writing and reading 200k keys of "
                 f"100 B: {rss:.0f} MiB (target < 200 MiB)"
