@@ -11,7 +11,9 @@ import grpc
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from tmcp.storage.v1 import kv_pb2, kv_pb2_grpc
 from tmcp_storage_server.api.observe import BUCKETS, CallObserver, RpcStats
+from tmcp_storage_server.api.server import MethodTable
 from tmcp_storage_server.config import Config, ConfigError
 from tmcp_storage_server.logs import REQUEST_ID, JsonFormatter, RequestIds, TextFormatter
 from tmcp_storage_server.metrics.collectors import RpcCollector
@@ -156,7 +158,7 @@ async def test_handlers_registered_through_the_observer_are_observed() -> None:
 
     handlers = {"Get": grpc.unary_unary_rpc_method_handler(echo)}
     server, stats = _Server(), RpcStats()
-    registrar = CallObserver(stats=stats).registrar(server)  # type: ignore[arg-type]
+    registrar = CallObserver(stats=stats).registrar(server)
     registrar.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("pkg.S", handlers)])
     registrar.add_registered_method_handlers("pkg.S", handlers)
 
@@ -171,3 +173,28 @@ async def test_handlers_registered_through_the_observer_are_observed() -> None:
     assert (method.kind, method.started, method.handled) == ("unary", 1, {"OK": 1})
     unknown: Any = type("Details", (), {"method": "/pkg.S/Nope", "invocation_metadata": ()})
     assert server.generic[0].service(unknown) is None
+
+
+async def test_the_method_table_registers_nothing_in_advance_and_finds_every_method() -> None:
+    """grpc.aio waits on one task per method registered in advance for every call it
+    accepts: the generated code's methods go into one generic handler instead, observed
+    when an observer stands in front of the table."""
+    server, stats = _Server(), RpcStats()
+    table = MethodTable(server)  # type: ignore[arg-type]
+    servicer: Any = kv_pb2_grpc.KeyValueServicer  # every method answers UNIMPLEMENTED
+    observed: Any = CallObserver(stats=stats).registrar(table)
+    kv_pb2_grpc.add_KeyValueServicer_to_server(servicer(), observed)
+
+    assert server.registered == {}
+    assert server.generic[0] is table  # first: consulted before any other handler
+    methods = kv_pb2.DESCRIPTOR.services_by_name["KeyValue"].methods
+    for method in methods:
+        path = f"/tmcp.storage.v1.KeyValue/{method.name}"
+        details: Any = type("Details", (), {"method": path, "invocation_metadata": ()})
+        handler = table.service(details)
+        assert handler is not None, path
+        assert path in stats.methods  # wrapped by the observer
+    unknown: Any = type("D", (), {"method": "/tmcp.storage.v1.KeyValue/Nope"})
+    assert table.service(unknown) is None
+    # The generated generic handler still reaches the server, after the table.
+    assert len(server.generic) == 2

@@ -140,8 +140,9 @@ class CallObserver:
         self._ids = ids or RequestIds()
         self._wrapped: dict[str, tuple[_Handler, _Handler]] = {}
 
-    def registrar(self, server: grpc.aio.Server) -> _Registrar:
-        """A stand-in for ``server`` to hand to the generated ``add_*_to_server``
+    def registrar(self, server: Any) -> _Registrar:
+        """A stand-in for ``server`` (a grpc.aio server, or another stand-in such as
+        ``api.server.MethodTable``) to hand to the generated ``add_*_to_server``
         functions (and reflection, health): the handlers they register are observed."""
         return _Registrar(server, self)
 
@@ -269,8 +270,8 @@ class _Observed:
 class _Registrar:
     """Takes a service's handlers on the server's behalf and registers them observed."""
 
-    def __init__(self, server: grpc.aio.Server, observer: CallObserver) -> None:
-        self._server: Any = server  # its stubs lack add_registered_method_handlers
+    def __init__(self, server: Any, observer: CallObserver) -> None:
+        self._server = server  # grpc.aio.Server's stubs lack add_registered_method_handlers
         self._observer = observer
 
     def add_generic_rpc_handlers(self, handlers: Sequence[_Generic]) -> None:

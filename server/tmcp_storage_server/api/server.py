@@ -38,6 +38,36 @@ SERVICE_NAMES = tuple(
 )
 
 
+class MethodTable(grpc.GenericRpcHandler):  # type: ignore[type-arg]
+    """Stands in for the server in the generated ``add_*_to_server`` functions: the
+    methods they would register in advance go into one table instead, a generic handler
+    that finds a method by one dict lookup (and comes first, before any other).
+
+    grpc.aio keeps one pending task per method registered in advance and, for every call
+    it accepts, waits on all of them again (``asyncio.wait(..., FIRST_COMPLETED)`` over
+    our 26 methods, twice per call): that alone made a cached Get cost ~60 us more
+    server CPU than a bare echo server (cProfile: 26 ``iscoroutine`` and 26
+    ``add_done_callback`` per call; callgrind: 770k instructions per call against 462k)."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+        self._methods: dict[str, Any] = {}
+        server.add_generic_rpc_handlers([self])
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        """The handler of the called method, if it is in the table."""
+        return self._methods.get(handler_call_details.method)
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[Any]) -> None:
+        """Generic handlers go to the server as they are (consulted after the table)."""
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        """Methods that would be registered in advance join the table instead."""
+        for name, handler in handlers.items():
+            self._methods[f"/{service}/{name}"] = handler
+
+
 def build_server(
     *,
     kv: KeyValueServicer,
@@ -58,7 +88,9 @@ def build_server(
             *options,
         ],
     )
-    target: Any = server if observer is None else observer.registrar(server)
+    target: Any = MethodTable(server)
+    if observer is not None:
+        target = observer.registrar(target)
     kv_pb2_grpc.add_KeyValueServicer_to_server(kv, target)
     batch_pb2_grpc.add_BatchServicer_to_server(batch, target)
     quota_pb2_grpc.add_QuotaServicer_to_server(quota, target)
