@@ -20,8 +20,9 @@ async def read(session: WriteSession, key: str) -> Entry | None:
 
 
 async def put(session: WriteSession, cmd: PutCommand, *, check_quota: bool = False) -> Entry:
-    """Stage a validated Put (see ``kv.validate_put``); the new entry."""
-    validate.value(cmd.value, cmd.content_type, max_bytes=session.limits.max_value_bytes)
+    """Stage a validated Put (see ``kv.validate_put``, which parsed a JSON value
+    already); the new entry."""
+    validate.value_size(cmd.value, max_bytes=session.limits.max_value_bytes)
     current = await session.load_one(cmd.key)
     check_version(cmd.key, current, cmd.expected_version, session.now)
     entry = build_put(cmd, current, now=session.now, revision=session.next_revision)

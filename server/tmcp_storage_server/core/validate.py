@@ -102,14 +102,20 @@ def content_type(value: str, *, is_json: bool, field: str = "content_type") -> s
     return value
 
 
-def value(data: bytes, ctype: str, *, max_bytes: int, field: str = "value") -> bytes:
-    """Values fit the space's per-value limit; JSON content types must parse."""
+def value_size(data: bytes, *, max_bytes: int, field: str = "value") -> bytes:
+    """Values fit the space's per-value limit."""
     if len(data) > max_bytes:
         raise InvalidArgument(
             field,
             f"value is {len(data)} bytes; at most {max_bytes}",
             reason="VALUE_TOO_LARGE",
         )
+    return data
+
+
+def value(data: bytes, ctype: str, *, max_bytes: int, field: str = "value") -> bytes:
+    """Values fit the space's per-value limit; JSON content types must parse."""
+    value_size(data, max_bytes=max_bytes, field=field)
     if is_json_content_type(ctype):
         try:
             json.loads(data)
