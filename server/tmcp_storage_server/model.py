@@ -7,12 +7,26 @@ import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar, dataclass_transform
+
+_T = TypeVar("_T")
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(field,))
+def record(cls: type[_T]) -> type[_T]:
+    """A value class: a slots dataclass, equal and hashable by value, that the type
+    checker treats as frozen (assigning a field is a mypy error) but that is not frozen
+    at run time. A frozen dataclass's ``__init__`` sets every field through
+    ``object.__setattr__``: 2.4 us for an ``Entry`` against 0.9 us, and a written item
+    builds several of these (its command, entries, change, result)."""
+    return dataclass(slots=True, unsafe_hash=True)(cls)
+
 
 JSON_CONTENT_TYPE = "application/json"
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Space:
     """One user's store in one mini-app; ``user_id == ""`` is the app's shared space."""
 
@@ -25,7 +39,7 @@ class Space:
         return self.user_id == ""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Entry:
     """The stored state of one key: live, or a remembered deletion (``deleted``)."""
 
@@ -71,7 +85,7 @@ class ChangeOp(enum.IntEnum):
     TOUCH = 4
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Change:
     """One row of a space's change log."""
 
@@ -83,7 +97,7 @@ class Change:
     mutation_id: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LimitOverrides:
     """Limit overrides of an app or a space; ``None`` inherits."""
 
@@ -102,7 +116,7 @@ class LimitOverrides:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class QuotaLimits:
     """Effective limits of a space."""
 
@@ -123,7 +137,7 @@ class QuotaLimits:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class QuotaUsage:
     """A space's usage and effective limits."""
 
@@ -144,7 +158,7 @@ class QuotaUsage:
         return max(0, self.limit_keys - self.used_keys)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SpaceState:
     """The row of a space: its revision, usage counters and limit overrides."""
 
@@ -155,7 +169,7 @@ class SpaceState:
     app_overrides: LimitOverrides = LimitOverrides()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ContentTypeUsage:
     """Bytes and keys of one content type in a space."""
 
@@ -164,7 +178,7 @@ class ContentTypeUsage:
     keys: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class UsageDetail:
     """What ``GetUsage`` reports beyond the counters."""
 
@@ -175,7 +189,7 @@ class UsageDetail:
     largest_keys: tuple[tuple[str, int], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SpaceTotals:
     """One space's counters, as listed in an app's usage."""
 
@@ -185,7 +199,7 @@ class SpaceTotals:
     overrides: LimitOverrides
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AppUsage:
     """Totals over every space of an app."""
 
@@ -206,7 +220,7 @@ class Scope(enum.StrEnum):
     OPERATOR = "storage:operator"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Principal:
     """Who calls: the verified claims of a bearer token."""
 
@@ -257,7 +271,7 @@ class Resolution(enum.IntEnum):
     VALUE = 3
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SyncClient:
     """What the server knows of one client id in one space."""
 
@@ -269,7 +283,7 @@ class SyncClient:
     last_pull_at: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Rejection:
     """A permanent failure of a mutation, as stored (an ``errors.StorageError``)."""
 
@@ -280,7 +294,7 @@ class Rejection:
     metadata: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Outcome:
     """The stored outcome of one pushed mutation."""
 
@@ -293,7 +307,7 @@ class Outcome:
     rejection: Rejection | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ConflictSide:
     """One side of a conflict: a value, or ``value is None`` for absent or deleted."""
 
@@ -302,7 +316,7 @@ class ConflictSide:
     version: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Conflict:
     """The record of one conflicting mutation."""
 
@@ -321,7 +335,7 @@ class Conflict:
     resolved_at: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ChangedKey:
     """The current state of one key changed after a cursor (what Pull and Watch send)."""
 

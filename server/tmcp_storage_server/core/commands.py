@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import datetime, timedelta
 
 from tmcp_storage_server.errors import InvalidArgument, StorageError
@@ -15,10 +15,11 @@ from tmcp_storage_server.model import (
     PushResult,
     QuotaUsage,
     SyncClient,
+    record,
 )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PutCommand:
     """Create or replace one key (DESIGN.md: Put replaces the entry)."""
 
@@ -49,7 +50,7 @@ class PutCommand:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DeleteCommand:
     """Delete one key, optionally only at a version."""
 
@@ -57,7 +58,7 @@ class DeleteCommand:
     expected_version: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TouchCommand:
     """Change only a key's expiry."""
 
@@ -67,7 +68,7 @@ class TouchCommand:
     clear_ttl: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WriteResult:
     """The outcome of a single-key write."""
 
@@ -77,7 +78,7 @@ class WriteResult:
     deleted: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DeletePrefixResult:
     """How many keys a DeletePrefix removed."""
 
@@ -86,7 +87,7 @@ class DeletePrefixResult:
     deleted_count: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ListPage:
     """One page of List."""
 
@@ -95,14 +96,14 @@ class ListPage:
     next_page_token: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class GetCommand:
     """Read one key inside a batch."""
 
     key: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class BadOperation:
     """A batch item the api could not decode: it fails with ``error`` (per item unless
     the batch is atomic)."""
@@ -115,7 +116,7 @@ Operation = GetCommand | PutCommand | DeleteCommand | BadOperation
 """One step of a batch."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ItemResult:
     """The outcome of one batch item: ``error`` is None when it succeeded."""
 
@@ -126,7 +127,7 @@ class ItemResult:
     deleted: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class BatchResult:
     """The outcome of a batch: one result per item, in request order."""
 
@@ -135,7 +136,7 @@ class BatchResult:
     usage: QuotaUsage | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MutationCommand:
     """One queued client write, decoded from a Push."""
 
@@ -153,7 +154,7 @@ class MutationCommand:
     """The mutation could not be decoded from the wire: it is REJECTED with this."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MutationReport:
     """What Push answers for one mutation."""
 
@@ -166,7 +167,7 @@ class MutationReport:
     """REJECTED (or a DUPLICATE of one): why."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PushReport:
     """The outcome of a Push."""
 
@@ -176,7 +177,7 @@ class PushReport:
     usage: QuotaUsage
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PullPage:
     """One Pull answer."""
 
@@ -188,7 +189,7 @@ class PullPage:
     revision: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SyncStatus:
     """What GetStatus reports."""
 
@@ -200,7 +201,7 @@ class SyncStatus:
     horizon_time: datetime | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ResolveResult:
     """The entry ResolveConflict wrote (None when the choice was a deletion)."""
 

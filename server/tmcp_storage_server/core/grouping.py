@@ -46,7 +46,7 @@ from typing import Any, Generic, TypeVar
 from tmcp_storage_server.core.ports import Clock
 from tmcp_storage_server.core.writes import Writer, WriteSession
 from tmcp_storage_server.errors import StorageError, Unavailable
-from tmcp_storage_server.model import QuotaUsage, Space
+from tmcp_storage_server.model import QuotaUsage, Space, record
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ Apply = Callable[[WriteSession], Awaitable[T]]
 """Stages one write on the session (loading what it needs) and returns its result."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Committed(Generic[T]):
     """What one write returned, with the revision it committed under and the usage after."""
 

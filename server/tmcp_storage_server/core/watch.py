@@ -20,7 +20,7 @@ from tmcp_storage_server.core.access import Action, authorize
 from tmcp_storage_server.core.cursor import Cursor
 from tmcp_storage_server.core.ports import ChangeFeed, ChangesPage, Clock, Repository
 from tmcp_storage_server.errors import OutOfRange, SlowConsumer, Unavailable
-from tmcp_storage_server.model import ChangedKey, Principal, Space
+from tmcp_storage_server.model import ChangedKey, Principal, Space, record
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +37,7 @@ class WatchSettings:
     """Changed keys per read, hence per message."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WatchEvent:
     """Changes (or a heartbeat) and the cursor that resumes after them."""
 

@@ -15,12 +15,11 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis.asyncio as redis
 
-from tmcp_storage_server.model import Space
+from tmcp_storage_server.model import Space, record
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +29,7 @@ RECONNECT_DELAY = 0.25
 MAX_MESSAGE_BYTES = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Invalidation:
     """``keys`` of ``space`` changed at ``revision``, announced by process ``origin``."""
 
