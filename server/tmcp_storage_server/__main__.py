@@ -94,6 +94,11 @@ def _serve_all(config: Config) -> int:
     if config.workers > 1:
         return workers.Supervisor(config).run()
     asyncio.run(_serve(config))
+    # Drained and stopped; closing the loop put SIGTERM and SIGINT back to their defaults.
+    # A second signal while the interpreter finishes exiting (a supervisor repeating its
+    # SIGTERM) must not turn a clean stop into death by signal.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
     return 0
 
 

@@ -180,3 +180,17 @@ def test_bad_configuration_exits_with_a_clear_message() -> None:
     )
     assert done.returncode == 2
     assert "STORAGE_JWT_SECRET" in done.stderr
+
+
+def test_repeated_sigterm_during_shutdown_still_exits_cleanly(database_url: str) -> None:
+    """A supervisor may repeat its SIGTERM while the server drains and exits: every one
+    is absorbed and the exit code stays 0 (not death by signal, -15)."""
+    server = ServerProcess(database_url).start()
+    assert server.process is not None
+    process = server.process
+    deadline = time.monotonic() + 20
+    while process.poll() is None and time.monotonic() < deadline:
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.002)
+    assert process.wait(10) == 0, server.log()[-2000:]
+    server.process = None
