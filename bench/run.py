@@ -314,7 +314,7 @@ def measure(row: Scenario, duration: float, cpus: str = "") -> h2.Result:
     return h2.run(load, row.target.pid)
 
 
-PINNED_PAIRS = (
+TARGET_PAIRS = (
     ("Get hot / echo", ("echo", "Get"), ("w1 L1+Redis", "Get")),
     ("Put 100 B / floor", ("floor", "Put 100 B"), ("w1 L1+Redis", "Put 100 B")),
     (
@@ -323,8 +323,9 @@ PINNED_PAIRS = (
         ("w1 L1+Redis", "BatchSet 100 x 100 B"),
     ),
 )
-"""The targets' ratios, measured again pinned (servers on CPU 1, h2load on CPU 0) as
-back-to-back pairs, so that the machine's drift between rows cannot skew them."""
+"""The targets' ratios, measured again as back-to-back pairs (A B A B ...), unpinned and
+then pinned (servers on CPU 1, h2load on CPU 0), so that the machine's drift between the
+table's rows, minutes apart, cannot skew them."""
 
 
 def _pid(target: Target) -> int:
@@ -332,21 +333,23 @@ def _pid(target: Target) -> int:
     return target.pid
 
 
-def pinned(rows: list[Scenario], pairs: int, duration: float) -> None:
-    """Each target's ratio from ``pairs`` back-to-back pinned runs (A B A B ...)."""
+def target_pairs(rows: list[Scenario], pairs: int, duration: float, *, pin: bool) -> None:
+    """Each target's ratio from ``pairs`` back-to-back runs (A B A B ...)."""
     by_name = {(row.target.name, row.name): row for row in rows}
-    print(f"\npinned (servers on CPU 1, h2load on CPU 0; PostgreSQL unpinned), {pairs} pairs")
+    how = "pinned (servers on CPU 1, h2load on CPU 0; PostgreSQL unpinned)" if pin else "unpinned"
+    print(f"\nback-to-back pairs, {how}, {pairs} pairs")
     print(f"{'ratio':<24} {'A calls/s':>18} {'B calls/s':>18} {'B/A median [min-max]':>26}")
-    for label, first, second in PINNED_PAIRS:
+    for label, first, second in TARGET_PAIRS:
         a, b = by_name[first], by_name[second]
-        servers = {_pid(a.target), _pid(b.target)}
+        servers = {_pid(a.target), _pid(b.target)} if pin else set()
+        cpus = "0" if pin else ""
         try:
             for pid in servers:
                 h2.pin(pid, "1")
             ratios, a_rates, b_rates = [], [], []
             for _ in range(pairs):
-                ra = measure(a, duration, cpus="0").calls_per_s * a.items_per_call
-                rb = measure(b, duration, cpus="0").calls_per_s * b.items_per_call
+                ra = measure(a, duration, cpus=cpus).calls_per_s * a.items_per_call
+                rb = measure(b, duration, cpus=cpus).calls_per_s * b.items_per_call
                 a_rates.append(ra)
                 b_rates.append(rb)
                 ratios.append(rb / ra)
@@ -401,7 +404,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=int, default=5, help="seconds per run")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--pairs", type=int, default=5, help="pinned back-to-back pairs")
+    parser.add_argument("--pairs", type=int, default=5, help="back-to-back pairs per target")
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s (smoke test)")
     args = parser.parse_args()
     if args.quick:
@@ -450,8 +453,9 @@ def main() -> None:
             for target in (echo, floor, *storage_targets):
                 target.rss_mib = h2.peak_rss_mib(h2.process_tree(target.pid or 0))
             report(rows, direct_rows, [echo, floor, *storage_targets])
+            target_pairs(rows, args.pairs, min(args.duration, 3), pin=False)
             if (os.cpu_count() or 1) >= 2:
-                pinned(rows, args.pairs, min(args.duration, 3))
+                target_pairs(rows, args.pairs, min(args.duration, 3), pin=True)
             for server in servers:
                 server.stop()
             servers.clear()
