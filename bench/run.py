@@ -248,6 +248,7 @@ def scenarios(echo: Target, floor: Target, storage: list[Target]) -> list[Scenar
 
 
 def redis_prefix() -> str:
+    """A Redis key prefix of its own for one server configuration."""
     return f"bench-{uuid.uuid4().hex[:8]}:"
 
 

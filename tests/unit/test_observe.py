@@ -180,7 +180,7 @@ async def test_the_method_table_registers_nothing_in_advance_and_finds_every_met
     accepts: the generated code's methods go into one generic handler instead, observed
     when an observer stands in front of the table."""
     server, stats = _Server(), RpcStats()
-    table = MethodTable(server)  # type: ignore[arg-type]
+    table = MethodTable(server)
     servicer: Any = kv_pb2_grpc.KeyValueServicer  # every method answers UNIMPLEMENTED
     observed: Any = CallObserver(stats=stats).registrar(table)
     kv_pb2_grpc.add_KeyValueServicer_to_server(servicer(), observed)

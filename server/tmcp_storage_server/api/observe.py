@@ -32,7 +32,7 @@ from bisect import bisect_left
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import grpc
 
@@ -52,6 +52,18 @@ _SERVER_ERRORS = frozenset({"UNKNOWN", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "
 _Context = grpc.aio.ServicerContext[Any, Any]
 _Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 _Generic: TypeAlias = "grpc.GenericRpcHandler[Any, Any]"
+
+
+class HandlerRegistry(Protocol):
+    """What the generated ``add_*_to_server`` functions call on a server: a grpc.aio
+    server at run time (its stubs lack the second method), or a stand-in such as
+    ``api.server.MethodTable``."""
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[_Generic]) -> None: ...
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, _Handler]
+    ) -> None: ...
 
 
 @dataclass(slots=True)
@@ -140,9 +152,8 @@ class CallObserver:
         self._ids = ids or RequestIds()
         self._wrapped: dict[str, tuple[_Handler, _Handler]] = {}
 
-    def registrar(self, server: Any) -> _Registrar:
-        """A stand-in for ``server`` (a grpc.aio server, or another stand-in such as
-        ``api.server.MethodTable``) to hand to the generated ``add_*_to_server``
+    def registrar(self, server: HandlerRegistry) -> _Registrar:
+        """A stand-in for ``server`` to hand to the generated ``add_*_to_server``
         functions (and reflection, health): the handlers they register are observed."""
         return _Registrar(server, self)
 
@@ -270,8 +281,8 @@ class _Observed:
 class _Registrar:
     """Takes a service's handlers on the server's behalf and registers them observed."""
 
-    def __init__(self, server: Any, observer: CallObserver) -> None:
-        self._server = server  # grpc.aio.Server's stubs lack add_registered_method_handlers
+    def __init__(self, server: HandlerRegistry, observer: CallObserver) -> None:
+        self._server = server
         self._observer = observer
 
     def add_generic_rpc_handlers(self, handlers: Sequence[_Generic]) -> None:

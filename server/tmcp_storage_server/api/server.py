@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, TypeAlias
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -38,6 +38,16 @@ SERVICE_NAMES = tuple(
 )
 
 
+_Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+_Generic: TypeAlias = "grpc.GenericRpcHandler[Any, Any]"
+
+
+class _GenericHandlers(Protocol):
+    """The one method of a grpc.aio server that ``MethodTable`` uses."""
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[_Generic]) -> None: ...
+
+
 class MethodTable(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     """Stands in for the server in the generated ``add_*_to_server`` functions: the
     methods they would register in advance go into one table instead, a generic handler
@@ -49,20 +59,20 @@ class MethodTable(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     server CPU than a bare echo server (cProfile: 26 ``iscoroutine`` and 26
     ``add_done_callback`` per call; callgrind: 770k instructions per call against 462k)."""
 
-    def __init__(self, server: grpc.aio.Server) -> None:
+    def __init__(self, server: _GenericHandlers) -> None:
         self._server = server
-        self._methods: dict[str, Any] = {}
+        self._methods: dict[str, _Handler] = {}
         server.add_generic_rpc_handlers([self])
 
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> _Handler | None:
         """The handler of the called method, if it is in the table."""
         return self._methods.get(handler_call_details.method)
 
-    def add_generic_rpc_handlers(self, handlers: Sequence[Any]) -> None:
+    def add_generic_rpc_handlers(self, handlers: Sequence[_Generic]) -> None:
         """Generic handlers go to the server as they are (consulted after the table)."""
         self._server.add_generic_rpc_handlers(handlers)
 
-    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, _Handler]) -> None:
         """Methods that would be registered in advance join the table instead."""
         for name, handler in handlers.items():
             self._methods[f"/{service}/{name}"] = handler
@@ -88,7 +98,7 @@ def build_server(
             *options,
         ],
     )
-    target: Any = MethodTable(server)
+    target: Any = MethodTable(server)  # Any: the generated functions want a grpc.Server
     if observer is not None:
         target = observer.registrar(target)
     kv_pb2_grpc.add_KeyValueServicer_to_server(kv, target)
