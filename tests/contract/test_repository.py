@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -29,6 +30,7 @@ from tmcp_storage_server.model import (
     Entry,
     LimitOverrides,
     Principal,
+    Scope,
     Space,
     SpaceState,
     SpaceTotals,
@@ -827,3 +829,28 @@ async def test_postgres_warns_when_autovacuum_is_off(
         await repo.close()
     warned = any("autovacuum off" in r.getMessage() for r in caplog.records)
     assert warned == (setting != "on")
+
+
+async def test_postgres_sessions_run_in_utc_whatever_the_url_asks(postgres_url: str) -> None:
+    # In UTC psycopg returns datetime.UTC itself, and the repository's conversions cost
+    # nothing; a URL asking for another zone must change neither that nor any instant.
+    repo = PostgresRepository(url=postgres_url + "?options=-c%20TimeZone%3DAsia/Tokyo")
+    await repo.open()
+    try:
+        space = Space(f"app-{uuid.uuid4().hex[:12]}", "alice")
+        user = Principal(space.user_id, space.app_id, frozenset({Scope.READ, Scope.WRITE}))
+        kv = KeyValueService(
+            repository=repo, writer=Writer(repository=repo, defaults=DEFAULTS), clock=ManualClock()
+        )
+        expires = datetime(2030, 6, 1, 12, 0, 0, 654_321, tzinfo=timezone(timedelta(hours=9)))
+        await kv.put(user, space, PutCommand("k", b"v", expires_at=expires))
+        entry, _ = await repo.get(space, "k", T0)
+        assert entry is not None
+        assert (entry.created_at, entry.expires_at) == (T0, expires)
+        assert entry.created_at.tzinfo is UTC
+        async with repo._connection() as conn:  # the pool's own session
+            assert conn.info.parameter_status("TimeZone") == "UTC"
+            row = await (await conn.execute("SELECT now()")).fetchone()
+            assert row is not None and row[0].tzinfo is UTC
+    finally:
+        await repo.close()
