@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -58,8 +59,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+GC_YOUNG_THRESHOLD = 20_000
+"""Container objects allocated (net) before a young-generation collection; Python's
+default is 700. A batch holds a few thousand short-lived objects at once, so at 700 the
+collector ran every few items and found nothing: with 4 BatchSets of 100 in flight, 450
+us of every 4.5 ms call went to collections (gc.callbacks), and at 10,000 none ran at all
+(server CPU per BatchSet -20%). Only garbage in reference cycles waits longer for it."""
+
+
+def _tune_gc() -> None:
+    """Objects made while starting (modules, descriptors, pools) live as long as the
+    process: frozen, later collections skip them; then the young threshold above."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 async def _serve(config: Config) -> None:
     app = await App.start(config)
+    _tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
