@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -12,7 +13,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from tmcp.storage.v1 import kv_pb2, kv_pb2_grpc
-from tmcp_storage_server.api.observe import BUCKETS, CallObserver, RpcStats
+from tmcp_storage_server.api.observe import BUCKETS, CallObserver, RpcStats, invocation_metadata
 from tmcp_storage_server.api.server import MethodTable
 from tmcp_storage_server.config import Config, ConfigError
 from tmcp_storage_server.logs import REQUEST_ID, JsonFormatter, RequestIds, TextFormatter
@@ -140,9 +141,11 @@ class _Context:
     def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
         self._metadata = metadata
         self.trailing: Any = ()
+        self.metadata_reads = 0
 
     def invocation_metadata(self) -> Any:
-        return self._metadata
+        self.metadata_reads += 1
+        return tuple(self._metadata)  # a new tuple each time, as grpc.aio's
 
     def set_trailing_metadata(self, metadata: Any) -> None:
         self.trailing = tuple(metadata)
@@ -198,3 +201,32 @@ async def test_the_method_table_registers_nothing_in_advance_and_finds_every_met
     assert table.service(unknown) is None
     # The generated generic handler still reaches the server, after the table.
     assert len(server.generic) == 2
+
+
+async def test_an_observed_handler_reads_the_metadata_the_observer_read() -> None:
+    """grpc.aio converts the metadata anew on every invocation_metadata() (1.5 us): the
+    handler of an observed call gets the observer's copy; any other context its own."""
+    seen: list[Any] = []
+    other: Any = _Context((("authorization", "Bearer other"),))
+
+    async def handler(request: bytes, context: Any) -> bytes:
+        seen.append(invocation_metadata(context))
+        seen.append(invocation_metadata(other))  # not this call's context
+        return request
+
+    handlers = {"Get": grpc.unary_unary_rpc_method_handler(handler)}
+    server = _Server()
+    CallObserver(stats=RpcStats()).registrar(server).add_registered_method_handlers(
+        "pkg.S", handlers
+    )
+    context: Any = _Context((("authorization", "Bearer t"), ("x-request-id", "r-1")))
+    # A task of its own, as grpc.aio gives every call.
+    await asyncio.create_task(server.registered["pkg.S"]["Get"].unary_unary(b"", context))
+    assert seen == [
+        (("authorization", "Bearer t"), ("x-request-id", "r-1")),
+        (("authorization", "Bearer other"),),
+    ]
+    assert context.metadata_reads == 1
+    # Outside an observed call, the context is asked.
+    assert invocation_metadata(context) == context._metadata
+    assert context.metadata_reads == 2

@@ -14,6 +14,7 @@ import grpc
 
 from tmcp_storage_server.api.auth import TokenVerifier
 from tmcp_storage_server.api.errors import abort
+from tmcp_storage_server.api.observe import invocation_metadata
 from tmcp_storage_server.model import Principal
 
 Req = TypeVar("Req")
@@ -37,7 +38,7 @@ def unary(
     @functools.wraps(method)
     async def handle(self: S, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
         try:
-            principal = self.auth.authenticate(context.invocation_metadata())
+            principal = self.auth.authenticate(invocation_metadata(context))
             return await method(self, request, principal)
         except Exception as exc:
             await abort(context, exc, method.__qualname__)

@@ -29,7 +29,8 @@ import asyncio
 import inspect
 import logging
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any, Protocol, TypeAlias
@@ -52,6 +53,22 @@ _SERVER_ERRORS = frozenset({"UNKNOWN", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "
 _Context = grpc.aio.ServicerContext[Any, Any]
 _Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 _Generic: TypeAlias = "grpc.GenericRpcHandler[Any, Any]"
+
+
+_METADATA: ContextVar[tuple[_Context, Iterable[tuple[str, Any]]] | None] = ContextVar(
+    "call_metadata", default=None
+)
+"""The metadata of the call being handled, as ``CallObserver`` read it, with its context."""
+
+
+def invocation_metadata(context: _Context) -> Iterable[tuple[str, Any]]:
+    """The call's metadata. grpc.aio builds a new tuple on every
+    ``context.invocation_metadata()`` (1.5 us with four entries); a handler of an observed
+    call gets the observer's, read once for the call."""
+    seen = _METADATA.get()
+    if seen is not None and seen[0] is context:
+        return seen[1]
+    return context.invocation_metadata() or ()
 
 
 class HandlerRegistry(Protocol):
@@ -168,9 +185,12 @@ class CallObserver:
 
     def _begin(self, context: _Context) -> tuple[tuple[str, str]]:
         """Set the call's request id (the client's ``x-request-id`` if acceptable) in
-        ``logs.REQUEST_ID``; returns the metadata that sends it back."""
+        ``logs.REQUEST_ID``; returns the metadata that sends it back. The metadata read
+        is kept for ``invocation_metadata``."""
+        metadata: Iterable[tuple[str, Any]] = context.invocation_metadata() or ()
+        _METADATA.set((context, metadata))
         sent = None
-        for key, value in context.invocation_metadata() or ():
+        for key, value in metadata:
             if key == REQUEST_ID_HEADER:
                 sent = value
                 break

@@ -19,6 +19,7 @@ from tmcp.storage.v1 import sync_pb2
 from tmcp_storage_server.api import convert, sync_convert
 from tmcp_storage_server.api.auth import TokenVerifier
 from tmcp_storage_server.api.errors import abort, to_status
+from tmcp_storage_server.api.observe import invocation_metadata
 from tmcp_storage_server.core.sync import SyncService
 from tmcp_storage_server.core.watch import WatchEvent, WatchService
 from tmcp_storage_server.errors import InvalidArgument, StorageError
@@ -45,7 +46,7 @@ class StreamHandlers:
     async def watch(self, request: sync_pb2.WatchRequest, context: _Context) -> None:
         """Server-streaming Watch."""
         try:
-            principal = self._auth.authenticate(context.invocation_metadata())
+            principal = self._auth.authenticate(invocation_metadata(context))
             space = convert.space(request.space)
             delivered = request.cursor
             events = self._watcher.watch(principal, space, request.cursor, request.key_prefix)
@@ -81,7 +82,7 @@ class StreamHandlers:
         """Bidi Stream: a Hello, then pushes one way and live changes the other."""
         tasks: list[asyncio.Task[None]] = []
         try:
-            principal = self._auth.authenticate(context.invocation_metadata())
+            principal = self._auth.authenticate(invocation_metadata(context))
             first = await anext(aiter(requests), None)
             if first is None or first.WhichOneof("kind") != "hello":
                 raise InvalidArgument("hello", "the first message must be a StreamHello")
