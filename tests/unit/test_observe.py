@@ -230,3 +230,32 @@ async def test_an_observed_handler_reads_the_metadata_the_observer_read() -> Non
     # Outside an observed call, the context is asked.
     assert invocation_metadata(context) == context._metadata
     assert context.metadata_reads == 2
+
+
+async def test_a_streaming_handler_reads_the_metadata_the_observer_read() -> None:
+    """A coroutine streaming handler writes through a counting wrapper of its context:
+    the observer's metadata must reach it through that wrapper too."""
+    seen: list[Any] = []
+
+    async def watch(request: bytes, context: Any) -> None:
+        seen.append(invocation_metadata(context))
+        await context.write(b"event")
+
+    handlers = {"Watch": grpc.unary_stream_rpc_method_handler(watch)}
+    server, stats = _Server(), RpcStats()
+    CallObserver(stats=stats).registrar(server).add_registered_method_handlers("pkg.S", handlers)
+    context: Any = _Context((("authorization", "Bearer t"),))
+    context.written = []
+
+    async def send_initial_metadata(metadata: Any) -> None:
+        context.initial = tuple(metadata)
+
+    async def write(message: bytes) -> None:
+        context.written.append(message)
+
+    context.send_initial_metadata, context.write = send_initial_metadata, write
+    await asyncio.create_task(server.registered["pkg.S"]["Watch"].unary_stream(b"", context))
+    assert seen == [(("authorization", "Bearer t"),)]
+    assert context.metadata_reads == 1
+    assert context.written == [b"event"]
+    assert stats.methods["/pkg.S/Watch"].sent == 1

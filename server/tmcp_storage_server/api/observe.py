@@ -273,8 +273,10 @@ class CallObserver:
             with _Observed(path, stats, context):
                 if streaming_requests:
                     request = _counted(request, stats)
-                await context.send_initial_metadata(begin(context))
-                await behavior(request, _CountingContext(context, stats))
+                # The handler gets the counting wrapper: begin keeps the metadata for it.
+                counting: Any = _CountingContext(context, stats)
+                await context.send_initial_metadata(begin(counting))
+                await behavior(request, counting)
 
         return written
 
