@@ -41,6 +41,38 @@ def test_authorize(principal: Principal, space: Space, action: Action, allowed: 
             authorize(principal, space, action)
 
 
+@pytest.mark.parametrize(
+    ("principal", "space", "action", "reason"),
+    [
+        (Principal("u", "a", RW), Space("b", "u"), Action.READ, "SPACE_FORBIDDEN"),
+        (Principal("u", "a", RW), Space("a", "v"), Action.READ, "SPACE_FORBIDDEN"),
+        (Principal("u", "a", RW), Space("a", ""), Action.WRITE, "SCOPE_MISSING"),
+        (Principal("u", "a", RW), Space("a", "u"), Action.ADMIN, "SCOPE_MISSING"),
+        (
+            Principal("u", "a", frozenset({Scope.WRITE})),
+            Space("a", "u"),
+            Action.READ,
+            "SCOPE_MISSING",
+        ),
+        (
+            Principal("u", "a", frozenset({Scope.WRITE})),
+            Space("a", ""),
+            Action.READ,
+            "SCOPE_MISSING",
+        ),
+        (Principal("", "a", RW), Space("a", "u"), Action.READ, "SPACE_FORBIDDEN"),
+    ],
+)
+def test_authorize_says_why(
+    principal: Principal, space: Space, action: Action, reason: str
+) -> None:
+    with pytest.raises(PermissionDenied) as caught:
+        authorize(principal, space, action)
+    assert caught.value.reason == reason
+    authorize(Principal("u", "a", frozenset({Scope.READ})), Space("a", ""), Action.READ)
+    authorize(Principal("u", "a", frozenset({Scope.READ})), Space("a", "u"), Action.READ)
+
+
 def test_authorize_app() -> None:
     authorize_app(Principal("s", "a", frozenset({Scope.ADMIN})), "a")
     with pytest.raises(PermissionDenied):
@@ -104,7 +136,8 @@ def test_token_verifier_caches_and_checks() -> None:
     )
     principal = verifier.authenticate([("authorization", f"Bearer {token}")])
     assert principal == Principal("u", "a", frozenset({Scope.READ}))
-    assert verifier.authenticate([("authorization", f"bearer {token}")]) is principal
+    assert verifier.authenticate([("authorization", f"Bearer {token}")]) is principal  # cached
+    assert verifier.authenticate([("authorization", f"bearer  {token} ")]) == principal
     expired = mint_token("s" * 40, app_id="a", user_id="u", scopes=[], ttl_seconds=-60)
     with pytest.raises(Unauthenticated) as caught:
         verifier.authenticate([("authorization", f"Bearer {expired}")])

@@ -47,17 +47,18 @@ class TokenVerifier:
 
     def authenticate(self, metadata: Iterable[tuple[str, Any]] | None) -> Principal:
         """The caller, or ``Unauthenticated`` (TOKEN_INVALID / TOKEN_EXPIRED)."""
-        token = _bearer(metadata or ())
-        cached = self._cache.get(token)
+        header = _authorization(metadata or ())
+        # Keyed by the whole header value: a hit skips parsing "Bearer <token>" too.
+        cached = self._cache.get(header)
         if cached is not None:
             principal, expires = cached
             if time.time() < expires + self._leeway:
                 return principal
-            del self._cache[token]
-        principal, expires = self._verify(token)
+            del self._cache[header]
+        principal, expires = self._verify(_bearer(header))
         if len(self._cache) >= self._cache_size:
             del self._cache[next(iter(self._cache))]
-        self._cache[token] = (principal, expires)
+        self._cache[header] = (principal, expires)
         return principal
 
     def _verify(self, token: str) -> tuple[Principal, float]:
@@ -84,12 +85,15 @@ class TokenVerifier:
         return Principal(subject, app_id, scopes), float(claims["exp"])
 
 
-def _bearer(metadata: Iterable[tuple[str, Any]]) -> str:
+def _authorization(metadata: Iterable[tuple[str, Any]]) -> str:
     for name, value in metadata:
         if name == "authorization":
-            text = value.decode() if isinstance(value, bytes) else value
-            scheme, _, token = text.partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-            raise Unauthenticated("authorization must be 'Bearer <token>'", reason="TOKEN_INVALID")
+            return value.decode() if isinstance(value, bytes) else str(value)
     raise Unauthenticated("missing bearer token in authorization metadata", reason="TOKEN_INVALID")
+
+
+def _bearer(header: str) -> str:
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    raise Unauthenticated("authorization must be 'Bearer <token>'", reason="TOKEN_INVALID")

@@ -22,29 +22,43 @@ class Action(enum.Enum):
     ADMIN = Scope.ADMIN
 
 
+_OPERATOR, _ADMIN_SCOPE, _READ_SCOPE, _WRITE_SCOPE = (
+    Scope.OPERATOR,
+    Scope.ADMIN,
+    Scope.READ,
+    Scope.WRITE,
+)
+_READ, _ADMIN = Action.READ, Action.ADMIN
+"""Every call is authorized, so the checks avoid what costs on enums: a member read from
+its class (0.17 us), ``.value`` (0.47 us) and hashing an ``Action`` (Python code). Scopes
+hash as their strings."""
+
+
 def authorize(principal: Principal, space: Space, action: Action) -> None:
     """Raise ``PermissionDenied`` unless ``principal`` may do ``action`` on ``space``."""
     scopes = principal.scopes
-    if Scope.OPERATOR in scopes:
+    if _OPERATOR in scopes:
         return
     if space.app_id != principal.app_id:
         raise PermissionDenied(
             f"token of app {principal.app_id!r} does not reach app {space.app_id!r}",
             reason="SPACE_FORBIDDEN",
         )
-    if Scope.ADMIN in scopes:
+    if _ADMIN_SCOPE in scopes:
         return
-    if action is Action.ADMIN:
+    if action is _ADMIN:
         raise PermissionDenied("this call needs scope storage:admin", reason="SCOPE_MISSING")
-    own = space.user_id == principal.subject and principal.subject != ""
-    if not own and not (space.shared and action is Action.READ):
+    shared = space.user_id == ""
+    own = not shared and space.user_id == principal.subject
+    if not own and not (shared and action is _READ):
         raise PermissionDenied(
             "token does not reach this space"
-            + (" (writing the shared space needs storage:admin)" if space.shared else ""),
-            reason="SCOPE_MISSING" if space.shared else "SPACE_FORBIDDEN",
+            + (" (writing the shared space needs storage:admin)" if shared else ""),
+            reason="SCOPE_MISSING" if shared else "SPACE_FORBIDDEN",
         )
-    if action.value not in scopes:
-        raise PermissionDenied(f"this call needs scope {action.value}", reason="SCOPE_MISSING")
+    needed = _READ_SCOPE if action is _READ else _WRITE_SCOPE
+    if needed not in scopes:
+        raise PermissionDenied(f"this call needs scope {needed.value}", reason="SCOPE_MISSING")
 
 
 def authorize_app(principal: Principal, app_id: str) -> None:
