@@ -138,3 +138,33 @@ def test_with_content_type_changes_only_the_content_type() -> None:
     assert {f.name for f in dataclasses.fields(PutCommand)} == set(values)  # all set here
     command = PutCommand(**values)  # type: ignore[arg-type]
     assert command.with_content_type("a/b") == dataclasses.replace(command, content_type="a/b")
+
+
+def test_get_responses_are_built_once_per_entry_object_and_revision() -> None:
+    from tmcp_storage_server.api.kv import GetResponses, build_get_response
+
+    responses = GetResponses(size=2, max_value_bytes=8)
+    entry = _entry()
+    first = responses.get(entry, 9)
+    assert first == build_get_response(entry, 9) and first.header.revision == 9
+    assert first.entry.value.raw == b"\x00\xffraw" and first.entry.version == 3
+    assert responses.get(entry, 9) is first  # the cache returned the same read again
+    later = responses.get(entry, 10)  # the same entry read at a later revision
+    assert later.header.revision == 10 and responses.get(entry, 10) is later
+    assert responses.get(dataclasses.replace(entry), 10) is not later  # another read
+    json_entry = _entry(value=b'{"a":1}', content_type="application/json", size=7)
+    assert responses.get(json_entry, 9).entry.value.json.struct_value.fields["a"].number_value == 1
+    big = _entry(value=b"x" * 9, size=9)
+    assert responses.get(big, 1) is not responses.get(big, 1)  # over 8 bytes: never kept
+
+
+def test_get_responses_are_bounded_first_in_first_out() -> None:
+    from tmcp_storage_server.api.kv import GetResponses
+
+    responses = GetResponses(size=2)
+    a, b, c = _entry(), _entry(), _entry()
+    ra, rb = responses.get(a, 1), responses.get(b, 1)
+    assert responses.get(a, 1) is ra and responses.get(b, 1) is rb
+    rc = responses.get(c, 1)  # full: a, the first in, goes
+    assert responses.get(b, 1) is rb and responses.get(c, 1) is rc
+    assert responses.get(a, 1) is not ra

@@ -9,7 +9,52 @@ from tmcp_storage_server.api.auth import TokenVerifier
 from tmcp_storage_server.api.handler import unary
 from tmcp_storage_server.core.commands import DeleteCommand, TouchCommand
 from tmcp_storage_server.core.kv import KeyValueService
-from tmcp_storage_server.model import Principal
+from tmcp_storage_server.model import Entry, Principal
+
+HOT_RESPONSES = 256
+"""Get responses kept built (``GetResponses``)."""
+HOT_VALUE_BYTES = 4096
+"""Only entries with values up to this size keep their response: at most about 2.5 MiB
+(value, its copy in the message, the rest of both) for ``HOT_RESPONSES``."""
+
+
+class GetResponses:
+    """The built ``GetResponse`` of entries read lately, by entry object and revision.
+
+    A cache hit returns the very ``Entry`` object the cache holds (``store.l1``), so a hot
+    key's response is built once and answered again until the cache holds a newer read.
+    Building one costs 3.6 us with a 100-byte raw value (about a third of a cached Get's
+    Python) and 18.7 us with a 40-byte JSON object (``Struct``); a lookup costs 0.15 us
+    (timeit, in process). grpc.aio only serializes the message it is given, as the echo
+    baseline returns one message to every call. Only what the service returned is
+    answered, so expiry and coherence stay the cache's (this keeps no entry of its own
+    beyond the few it holds references to). First in, first out when full."""
+
+    def __init__(self, *, size: int = HOT_RESPONSES, max_value_bytes: int = HOT_VALUE_BYTES):
+        self._size = size
+        self._max_value_bytes = max_value_bytes
+        self._items: dict[int, tuple[Entry, int, kv_pb2.GetResponse]] = {}
+        """By ``id(entry)``; the item holds the entry, so the id is not reused meanwhile."""
+
+    def get(self, entry: Entry, revision: int) -> kv_pb2.GetResponse:
+        """The response answering ``entry`` read at ``revision``."""
+        item = self._items.get(id(entry))
+        if item is not None and item[0] is entry and item[1] == revision:
+            return item[2]
+        response = build_get_response(entry, revision)
+        if entry.size <= self._max_value_bytes:
+            if item is None and len(self._items) >= self._size:
+                del self._items[next(iter(self._items))]
+            self._items[id(entry)] = (entry, revision, response)
+        return response
+
+
+def build_get_response(entry: Entry, revision: int) -> kv_pb2.GetResponse:
+    """A new ``GetResponse``."""
+    response = kv_pb2.GetResponse()
+    response.header.revision = revision
+    convert.fill_entry(response.entry, entry)
+    return response
 
 
 class KeyValueServicer(kv_pb2_grpc.KeyValueServicer):
@@ -18,19 +63,17 @@ class KeyValueServicer(kv_pb2_grpc.KeyValueServicer):
     def __init__(self, *, service: KeyValueService, auth: TokenVerifier) -> None:
         self.service = service
         self.auth = auth
+        self._responses = GetResponses()
 
     @unary
     async def Get(self, request: kv_pb2.GetRequest, principal: Principal) -> kv_pb2.GetResponse:
+        strong = request.consistency == types_pb2.CONSISTENCY_STRONG
         entry, revision = await self.service.get(
-            principal,
-            convert.space(request.space),
-            request.key,
-            strong=request.consistency == types_pb2.CONSISTENCY_STRONG,
+            principal, convert.space(request.space), request.key, strong=strong
         )
-        response = kv_pb2.GetResponse()
-        response.header.revision = revision
-        convert.fill_entry(response.entry, entry)
-        return response
+        if strong:  # a fresh read from the database: its entry is not asked again
+            return build_get_response(entry, revision)
+        return self._responses.get(entry, revision)
 
     @unary
     async def Put(self, request: kv_pb2.PutRequest, principal: Principal) -> kv_pb2.PutResponse:
