@@ -247,6 +247,24 @@ async def test_without_an_invalidation_channel_items_live_at_most_max_age() -> N
     assert db.calls == 2
 
 
+async def test_cached_answers_what_get_would_from_l1_alone() -> None:
+    clock, db = Clock(), Loader()
+    cache = two_level(clock, coherent=False)
+    assert cache.cached(SPACE, "a") is None  # nothing read yet; not counted as a miss
+    db.write("a", b"1")
+    read = await cache.get(SPACE, "a", lambda: db.one("a"))
+    assert cache.cached(SPACE, "a") == read
+    assert cache.cached(SPACE, "a")[0] is read[0]  # type: ignore[index]
+    assert (cache.stats.l1_hits, cache.stats.l1_misses) == (2, 1)
+    await cache.get(SPACE, "none", lambda: db.one("none"))
+    assert cache.cached(SPACE, "none") == (None, 1)  # an absent key, remembered
+    clock.now = T0 + 2.0  # no invalidation channel: max_age holds for cached too
+    assert cache.cached(SPACE, "a") is None
+    await cache.written_many([(SPACE, db.revision + 1, [db.write("b", b"2")])])
+    found = cache.cached(SPACE, "b")
+    assert found is not None and found[0] is not None and found[0].value == b"2"
+
+
 async def test_get_many_loads_only_the_misses_once() -> None:
     clock, db = Clock(), Loader()
     cache = two_level(clock)

@@ -66,14 +66,16 @@ class KeyValueService:
         ``strong`` reads the database; otherwise the cache may answer."""
         authorize(principal, validate.space(space), Action.READ)
         validate.key(key)
-
-        async def load() -> tuple[Entry | None, int]:
-            return await self._repository.get(space, key, self._clock.now())
-
-        if strong or self._cache is None:
-            entry, revision = await load()
+        cache = None if strong else self._cache
+        hit = None if cache is None else cache.cached(space, key)
+        if hit is not None:  # most reads: no coroutine, no closure
+            entry, revision = hit
         else:
-            entry, revision = await self._cache.get(space, key, load)
+
+            async def load() -> tuple[Entry | None, int]:
+                return await self._repository.get(space, key, self._clock.now())
+
+            entry, revision = await (load() if cache is None else cache.get(space, key, load))
         if entry is None:
             raise NotFound(key)
         return entry, revision

@@ -269,6 +269,11 @@ class Cache(Protocol):
     expiry.
     """
 
+    def cached(self, space: Space, key: str) -> tuple[Entry | None, int] | None:
+        """What ``get`` would answer from this process's memory, without waiting; None
+        when that needs a load (or a round trip to a shared level)."""
+        ...
+
     async def get(self, space: Space, key: str, load: Load) -> tuple[Entry | None, int]:
         """The live entry of ``key`` (or None) and the revision it was read at; ``load``
         is called on a miss."""

@@ -137,15 +137,23 @@ class TwoLevelCache:
             until = min(until, entry.expires_at.timestamp())
         return until
 
+    def cached(self, space: Space, key: str) -> tuple[Entry | None, int] | None:
+        """An L1 hit, or None (not counted as a miss: ``get`` counts it)."""
+        read = self.l1.lookup(
+            cache_key(space, key), max_age=None if self.coherent else self.settings.max_age
+        )
+        if read is None:
+            return None
+        self.stats.l1_hits += 1
+        return read.entry, read.revision
+
     async def get(self, space: Space, key: str, load: Load) -> tuple[Entry | None, int]:
         """L1, then L2, then ``load``."""
-        ck = cache_key(space, key)
-        max_age = None if self.coherent else self.settings.max_age
-        read = self.l1.lookup(ck, max_age=max_age)
-        if read is not None:
-            self.stats.l1_hits += 1
-            return read.entry, read.revision
+        hit = self.cached(space, key)
+        if hit is not None:
+            return hit
         self.stats.l1_misses += 1
+        ck = cache_key(space, key)
         generation = self.l1.begin(ck)
         try:
             if self.l2 is not None and self.channel_up:
