@@ -259,3 +259,27 @@ async def test_a_streaming_handler_reads_the_metadata_the_observer_read() -> Non
     assert context.metadata_reads == 1
     assert context.written == [b"event"]
     assert stats.methods["/pkg.S/Watch"].sent == 1
+
+
+async def test_a_unary_call_is_counted_with_the_code_it_ended_with() -> None:
+    outcomes: list[BaseException | None] = [None, RuntimeError("bug"), asyncio.CancelledError()]
+
+    async def handler(request: bytes, context: Any) -> bytes:
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+        return request
+
+    stats = RpcStats()
+    wrapped = CallObserver(stats=stats).wrap(
+        "/pkg.S/Get", grpc.unary_unary_rpc_method_handler(handler)
+    )
+    observed: Any = wrapped.unary_unary
+    assert await observed(b"x", _Context(())) == b"x"
+    with pytest.raises(RuntimeError):
+        await observed(b"x", _Context(()))
+    with pytest.raises(asyncio.CancelledError):
+        await observed(b"x", _Context(()))
+    method = stats.methods["/pkg.S/Get"]
+    assert method.started == 3 and sum(method.buckets) == 3
+    assert method.handled == {"OK": 1, "UNKNOWN": 1, "CANCELLED": 1}
