@@ -10,6 +10,7 @@ import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 from tmcp.storage.v1 import kv_pb2, types_pb2
 from tmcp_storage_server.api import convert
+from tmcp_storage_server.api.kv import GetResponses, build_get_response
 from tmcp_storage_server.core.commands import PutCommand
 from tmcp_storage_server.model import Entry
 
@@ -141,8 +142,6 @@ def test_with_content_type_changes_only_the_content_type() -> None:
 
 
 def test_get_responses_are_built_once_per_entry_object_and_revision() -> None:
-    from tmcp_storage_server.api.kv import GetResponses, build_get_response
-
     responses = GetResponses(size=2, max_value_bytes=8)
     entry = _entry()
     first = responses.get(entry, 9)
@@ -159,8 +158,6 @@ def test_get_responses_are_built_once_per_entry_object_and_revision() -> None:
 
 
 def test_get_responses_are_bounded_first_in_first_out() -> None:
-    from tmcp_storage_server.api.kv import GetResponses
-
     responses = GetResponses(size=2)
     a, b, c = _entry(), _entry(), _entry()
     ra, rb = responses.get(a, 1), responses.get(b, 1)

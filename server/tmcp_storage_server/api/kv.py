@@ -34,12 +34,13 @@ class GetResponses:
         self._size = size
         self._max_value_bytes = max_value_bytes
         self._items: dict[int, tuple[Entry, int, kv_pb2.GetResponse]] = {}
-        """By ``id(entry)``; the item holds the entry, so the id is not reused meanwhile."""
+        """By ``id(entry)``. The item holds its entry, so no other object can have that id
+        while it is here: an item found is the entry's own."""
 
     def get(self, entry: Entry, revision: int) -> kv_pb2.GetResponse:
         """The response answering ``entry`` read at ``revision``."""
         item = self._items.get(id(entry))
-        if item is not None and item[0] is entry and item[1] == revision:
+        if item is not None and item[1] == revision:
             return item[2]
         response = build_get_response(entry, revision)
         if entry.size <= self._max_value_bytes:

@@ -66,19 +66,23 @@ class KeyValueService:
         ``strong`` reads the database; otherwise the cache may answer."""
         authorize(principal, validate.space(space), Action.READ)
         validate.key(key)
-        cache = None if strong else self._cache
-        hit = None if cache is None else cache.cached(space, key)
-        if hit is not None:  # most reads: no coroutine, no closure
-            entry, revision = hit
-        else:
-
-            async def load() -> tuple[Entry | None, int]:
-                return await self._repository.get(space, key, self._clock.now())
-
-            entry, revision = await (load() if cache is None else cache.get(space, key, load))
+        # Most reads are L1 hits: answered here, without a coroutine or a closure.
+        hit = None if strong or self._cache is None else self._cache.cached(space, key)
+        entry, revision = hit if hit is not None else await self._read(space, key, strong)
         if entry is None:
             raise NotFound(key)
         return entry, revision
+
+    async def _read(self, space: Space, key: str, strong: bool) -> tuple[Entry | None, int]:
+        """What this process's memory could not answer: the cache's other levels, or
+        (``strong``, or no cache) the database."""
+
+        async def load() -> tuple[Entry | None, int]:
+            return await self._repository.get(space, key, self._clock.now())
+
+        if strong or self._cache is None:
+            return await load()
+        return await self._cache.get(space, key, load)
 
     async def put(self, principal: Principal, space: Space, cmd: PutCommand) -> WriteResult:
         """Create or replace one key."""
