@@ -91,6 +91,14 @@ async def _serve(config: Config) -> None:
             print(f"tmcp-storage gRPC-Web gateway on {config.web_listen} (port {app.gateway.port})")
         print(f"tmcp-storage listening on {config.listen} (port {app.port})", flush=True)
     await stop.wait()
+    # From now on a repeated signal (a supervisor repeating its SIGTERM) is ignored, to the
+    # end of the process: a clean stop must not become death by signal. Done here, while
+    # the loop runs: closing it would put its signals back to their defaults, and a
+    # signal before the interpreter exits would then kill the process (-15). Between
+    # the two calls below the default holds for a few microseconds.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
     log.info("shutting down: draining in-flight calls")
     await app.stop()
 
@@ -114,11 +122,6 @@ def _serve_all(config: Config) -> int:
     if config.workers > 1:
         return workers.Supervisor(config).run()
     asyncio.run(_serve(config))
-    # Drained and stopped; closing the loop put SIGTERM and SIGINT back to their defaults.
-    # A second signal while the interpreter finishes exiting (a supervisor repeating its
-    # SIGTERM) must not turn a clean stop into death by signal.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
     return 0
 
 
