@@ -259,3 +259,59 @@ async def test_a_group_takes_writes_up_to_max_keys_in_arrival_order(
     assert [r.revision for r in results] == [2, 3, 1, 4]
     assert all(r.error is None for r in results[3].results)
     assert {k: repo.spaces[SPACE].entries[k].value for k in "abcd"} == dict.fromkeys("abcd", b"new")
+
+
+def _lingering_kv(repo: FakeRepository, *, linger: float, quiet: float) -> KeyValueService:
+    """Groups that count as under load once the latest ones averaged 2 writes."""
+    writer = Writer(repository=repo, defaults=QuotaLimits(1000, 50, 100))  # type: ignore[arg-type]
+    clock = FakeClock()
+    groups = WriteGroups(writer=writer, clock=clock, linger=linger, quiet=quiet, busy_group=2)
+    return KeyValueService(repository=repo, writer=writer, clock=clock, groups=groups)  # type: ignore[arg-type]
+
+
+async def _under_load(kv: KeyValueService, repo: FakeRepository) -> None:
+    """Two groups, of 1 and of 3 writes: on average 2, the largest 3."""
+    await _queued(kv, repo, *(PutCommand(f"load{i}", b"v") for i in range(3)))
+    assert repo.opened == 2
+
+
+async def test_under_load_a_group_waits_until_it_is_as_large_as_the_latest_ones(
+    repo: FakeRepository,
+) -> None:
+    kv = _lingering_kv(repo, linger=60, quiet=60)  # only the size ends the wait
+    await _under_load(kv, repo)
+    calls = []
+    for key in "abc":
+        calls.append(asyncio.ensure_future(kv.put(ALICE, SPACE, PutCommand(key, b"v"))))
+        await asyncio.sleep(0.02)  # arriving one by one, in turns of the loop of their own
+        assert repo.opened == 2 + (key == "c")  # waits for the third, then starts
+    results = await asyncio.wait_for(asyncio.gather(*calls), 5)
+    assert [r.revision for r in results] == [5, 6, 7]
+    assert repo.opened == 3
+
+
+async def test_under_load_a_group_starts_once_writes_stop_coming(repo: FakeRepository) -> None:
+    kv = _lingering_kv(repo, linger=60, quiet=0.05)
+    await _under_load(kv, repo)
+    # Fewer writes than the latest groups held: they go once none came for ``quiet``.
+    both = asyncio.gather(*(kv.put(ALICE, SPACE, PutCommand(k, b"v")) for k in "ab"))
+    assert [r.revision for r in await asyncio.wait_for(both, 5)] == [5, 6]
+    assert repo.opened == 3
+
+
+async def test_under_load_a_group_waits_at_most_linger_after_the_previous_one(
+    repo: FakeRepository,
+) -> None:
+    kv = _lingering_kv(repo, linger=0.05, quiet=60)
+    await _under_load(kv, repo)
+    result = await asyncio.wait_for(kv.put(ALICE, SPACE, PutCommand("a", b"v")), 5)
+    assert result.revision == 5
+    assert repo.opened == 3
+
+
+async def test_a_lone_writer_is_never_held_up(repo: FakeRepository) -> None:
+    kv = _lingering_kv(repo, linger=60, quiet=60)
+    for index in range(5):  # groups of one write: not under load
+        result = await asyncio.wait_for(kv.put(ALICE, SPACE, PutCommand("k", b"v")), 5)
+        assert result.revision == index + 1
+    assert repo.opened == 5
