@@ -166,6 +166,21 @@ def test_a_space_validated_once_stays_valid_and_invalid_ones_are_never_remembere
         assert caught.value.field == "items.app_id"
 
 
+def test_valid_content_types_are_remembered_and_invalid_ones_never() -> None:
+    for _ in range(2):
+        assert validate.content_type("text/plain; charset=utf-8", is_json=False) == (
+            "text/plain; charset=utf-8"
+        )
+        with pytest.raises(InvalidArgument) as caught:
+            validate.content_type("not a type", is_json=False, field="items.content_type")
+        assert caught.value.reason == "INVALID_CONTENT_TYPE"
+        assert caught.value.field == "items.content_type"
+    # A JSON value takes only a JSON content type, whatever was remembered.
+    validate.content_type("text/csv", is_json=False)
+    with pytest.raises(InvalidArgument):
+        validate.content_type("text/csv", is_json=True)
+
+
 def test_config_defaults_and_validation() -> None:
     config = Config.from_env({})
     assert config.embedded

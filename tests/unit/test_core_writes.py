@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from tmcp_storage_server.core import mutations
 from tmcp_storage_server.core.commands import DeleteCommand, PutCommand, TouchCommand
 from tmcp_storage_server.core.kv import KeyValueService
 from tmcp_storage_server.core.writes import Writer
@@ -115,3 +116,22 @@ async def test_delete_prefix_is_one_revision(kv: KeyValueService, repo: FakeRepo
     result = await kv.delete_prefix(ALICE, SPACE, "s/")
     assert (result.deleted_count, result.revision) == (2, 4)
     assert {c.key for c in repo.spaces[SPACE].changes if c.revision == 4} == {"s/1", "s/2"}
+
+
+async def test_loaded_answers_keys_already_loaded_and_sees_staged_writes(
+    repo: FakeRepository,
+) -> None:
+    writer = Writer(repository=repo, defaults=QuotaLimits(1000, 10, 100))  # type: ignore[arg-type]
+    kv = KeyValueService(repository=repo, writer=writer, clock=FakeClock())  # type: ignore[arg-type]
+    await kv.put(ALICE, SPACE, PutCommand("old", b"1"))
+    async with writer.session(SPACE, FakeClock().now()) as session:
+        await session.load(["old", "absent"])
+        old = session.loaded("old")
+        assert old is not None and old.value == b"1"
+        assert session.loaded("absent") is None  # loaded: known to be absent
+        with pytest.raises(KeyError):
+            session.loaded("never-loaded")
+        assert mutations.put_loaded(session, PutCommand("old", b"2"), old).version == 2
+        assert session.loaded("old") == await session.load_one("old")
+        assert session.loaded("old").value == b"2"  # type: ignore[union-attr]
+        session.discard()

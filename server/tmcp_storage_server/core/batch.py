@@ -181,7 +181,7 @@ class BatchService:
                     results.append(ItemResult(operations[index].key, error=item))
                     continue
                 try:
-                    results.append(await _apply(session, item, check_quota=not atomic))
+                    results.append(_apply(session, item, check_quota=not atomic))
                 except StorageError as error:
                     if atomic:
                         raise _at(error, field, index) from None
@@ -212,11 +212,14 @@ def _reject_duplicate_writes(field: str, operations: Sequence[Operation]) -> Non
         seen.add(op.key)
 
 
-async def _apply(session: WriteSession, op: Operation, *, check_quota: bool) -> ItemResult:
+def _apply(session: WriteSession, op: Operation, *, check_quota: bool) -> ItemResult:
+    """One operation of a batch whose keys the session has all loaded."""
+    current = session.loaded(op.key)
     if isinstance(op, GetCommand):
-        entry = await mutations.read(session, op.key)
+        entry = mutations.live(session, current)
         return ItemResult(op.key, entry=entry, found=entry is not None)
     if isinstance(op, PutCommand):
-        return ItemResult(op.key, entry=await mutations.put(session, op, check_quota=check_quota))
+        entry = mutations.put_loaded(session, op, current, check_quota=check_quota)
+        return ItemResult(op.key, entry=entry)
     assert isinstance(op, DeleteCommand), "bad operations fail in _prepare"
-    return ItemResult(op.key, deleted=await mutations.delete(session, op))
+    return ItemResult(op.key, deleted=mutations.delete_loaded(session, op, current))

@@ -225,13 +225,19 @@ class WriteSession:
 
     async def load_one(self, key: str) -> Entry | None:
         """The stored entry of ``key`` as ``load`` gives it (what every single-key
-        mutation asks, once per item of a batch: without building lists and dicts)."""
+        mutation asks: without building lists and dicts)."""
         staged = self._staged.get(key)
         if staged is not None:
             return staged.entry
         if key in self._loaded:
             return self._loaded[key]
         return (await self.load([key])).get(key)
+
+    def loaded(self, key: str) -> Entry | None:
+        """As ``load_one`` for a key already loaded (KeyError if it was not), without a
+        coroutine: what a batch, having loaded all its keys, asks once per item."""
+        staged = self._staged.get(key)
+        return staged.entry if staged is not None else self._loaded[key]
 
     async def load_prefix(self, prefix: str) -> list[Entry]:
         """Live entries under ``prefix`` (values not loaded)."""
