@@ -34,12 +34,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
-import psycopg
 import redis
 from tmcp.storage.v1 import kv_pb2, kv_pb2_grpc, sync_pb2, sync_pb2_grpc, types_pb2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.run import database
+from bench.run import analyze, database
 from tests.e2e.harness import ServerProcess, token
 
 REDIS_URL = os.environ.get("STORAGE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -69,12 +68,6 @@ def status_kib(pid: int, name: str) -> int:
         if line.startswith(name + ":"):
             return int(line.split()[1])
     raise KeyError(name)
-
-
-def analyze(url: str) -> None:
-    """Planner statistics, as autovacuum would gather them on a database in service."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("ANALYZE")
 
 
 def fmt(values: Sequence[float], digits: int = 0) -> str:

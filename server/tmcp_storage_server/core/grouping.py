@@ -181,8 +181,7 @@ class WriteGroups:
         recent = self._recent
         if not recent or sum(recent) < self._busy_group * len(recent):
             return False  # not under load: start at once
-        waiting = len(self._pending)
-        if waiting >= min(max(recent), self._max_group):
+        if len(self._pending) >= max(recent):  # (a group holds at most max_group)
             return False  # as large as groups have lately been
         if sum(p.weight for p in self._pending) >= self._max_keys:
             return False

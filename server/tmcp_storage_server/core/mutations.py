@@ -44,9 +44,10 @@ def delete_loaded(session: WriteSession, cmd: DeleteCommand, current: Entry | No
     """Stage a Delete over ``current``, the key's entry as loaded; whether a live key was
     deleted (absent is not an error)."""
     check_version(cmd.key, current, cmd.expected_version, session.now)
-    if current is None or not current.live_at(session.now):
+    existing = live(session, current)
+    if existing is None:
         return False
-    stage_delete(session, current)
+    stage_delete(session, existing)
     return True
 
 

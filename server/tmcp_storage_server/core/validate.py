@@ -9,6 +9,7 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from tmcp_storage_server.errors import InvalidArgument
 from tmcp_storage_server.model import DEFAULT_CONTENT_TYPE, Space, is_json_content_type
@@ -21,6 +22,8 @@ MAX_APP_ID_BYTES = 128
 MAX_USER_ID_BYTES = 255
 MAX_CONTENT_TYPE = 127
 MAX_TTL = timedelta(days=366 * 100)
+
+_T = TypeVar("_T")
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _APP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -46,10 +49,15 @@ def space(value: Space, field: str = "space") -> Space:
     if names in _VALID_SPACES:
         return value
     _check_space(value, field)
-    if len(_VALID_SPACES) >= _VALID_SPACES_MAX:
-        _VALID_SPACES.clear()
-    _VALID_SPACES.add(names)
+    _remember(_VALID_SPACES, names, _VALID_SPACES_MAX)
     return value
+
+
+def _remember(valid: set[_T], value: _T, limit: int) -> None:
+    """Add ``value`` to a set of values that passed a check, emptied when it is full."""
+    if len(valid) >= limit:
+        valid.clear()
+    valid.add(value)
 
 
 def _check_space(value: Space, field: str) -> None:
@@ -109,9 +117,7 @@ def content_type(value: str, *, is_json: bool, field: str = "content_type") -> s
         raise InvalidArgument(
             field, "content_type must look like type/subtype", reason="INVALID_CONTENT_TYPE"
         )
-    if len(_VALID_CONTENT_TYPES) >= _VALID_CONTENT_TYPES_MAX:
-        _VALID_CONTENT_TYPES.clear()
-    _VALID_CONTENT_TYPES.add(value)
+    _remember(_VALID_CONTENT_TYPES, value, _VALID_CONTENT_TYPES_MAX)
     return value
 
 
